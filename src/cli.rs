@@ -1,0 +1,117 @@
+//! The command line: clap's derive types and our usage-error policy.
+//!
+//! Must not: do I/O or load the configuration.
+//! Fails: a usage error of `deliver` must defer (75), never clap's own exit
+//! 2, which Postfix would bounce; `main.rs` maps [`ParseOutcome::Usage`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_PATH;
+
+/// Postfix pipe(8) delivery for GitLab incoming email: no IMAP mailbox.
+#[derive(Debug, Parser)]
+#[command(name = "mailpipe", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deliver one message from stdin into the spool (run by Postfix).
+    ///
+    /// Exit status: 0 spooled or auto-reply dropped; 67 no valid GitLab key
+    /// (5.1.1); 65 too large (5.3.4) or empty (5.6.0); 75 anything else
+    /// (4.x.x), so Postfix keeps the message and retries.
+    Deliver(EnvelopeArgs),
+    /// Print, as JSON, the decision `deliver` would make; write nothing.
+    Explain(EnvelopeArgs),
+}
+
+/// The envelope, from Postfix's macros. Use the `--flag=value` form in
+/// master.cf so an address starting with `-` stays an argument's value.
+#[derive(Debug, Clone, Args)]
+pub struct EnvelopeArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Envelope sender (`${sender}`); empty means the null sender.
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    pub sender: Option<String>,
+    /// Envelope recipient (`${recipient}`). Given twice, mailpipe defers:
+    /// set the transport's destination_recipient_limit to 1.
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    pub recipient: Vec<String>,
+    /// Recipient as first received (`${original_recipient}`).
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    pub original_recipient: Vec<String>,
+    /// Postfix queue id (`${queue_id}`), for logs and file names.
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+    pub queue_id: Option<String>,
+}
+
+/// What parsing the command line gave.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    Run(Cli),
+    /// `--help` or `--version`: print this and exit 0.
+    Info(String),
+    /// A usage error: defer with this text.
+    Usage(String),
+}
+
+/// Parses `args` without letting clap exit the process.
+pub fn parse<I, T>(args: I) -> ParseOutcome
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => ParseOutcome::Run(cli),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayVersion
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                ParseOutcome::Info(e.render().to_string())
+            }
+            _ => {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("usage error").to_string();
+                ParseOutcome::Usage(first.trim_start_matches("error: ").to_string())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyphen_addresses_stay_values() {
+        let ParseOutcome::Run(cli) =
+            parse(["mailpipe", "deliver", "--recipient=-oX@ex.com", "--sender="])
+        else {
+            panic!("should parse")
+        };
+        let Command::Deliver(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.recipient, ["-oX@ex.com"]);
+        assert_eq!(a.sender.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error() {
+        assert!(matches!(
+            parse(["mailpipe", "deliver", "--bogus"]),
+            ParseOutcome::Usage(_)
+        ));
+        assert!(matches!(
+            parse(["mailpipe", "--version"]),
+            ParseOutcome::Info(_)
+        ));
+    }
+}

@@ -1,0 +1,98 @@
+//! One syslog line per message (facility mail, ident mailpipe), in the
+//! key=value style of Postfix's own lines, so `grep QUEUEID /var/log/mail.log`
+//! shows mailpipe's verdict next to Postfix's.
+//!
+//! Must not: log a whole key (it is a user's credential: only its kind and
+//! fingerprint), any body text, or more than one line per message.
+//! Fails: silently. Logging is best effort; it must never change an exit
+//! code, and glibc's syslog(3) drops the line if no syslog daemon listens.
+
+use std::ffi::CString;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::decide::Decision;
+use crate::lookup::Envelope;
+use crate::status::{Status, printable};
+
+/// Everything the line reports.
+pub struct Record<'a> {
+    pub envelope: &'a Envelope,
+    pub decision: Option<&'a Decision>,
+    pub config: Option<&'a Config>,
+    pub size: u64,
+    pub status: &'a Status,
+    pub duration: Duration,
+}
+
+/// Formats the line (without the syslog prefix).
+pub fn format(r: &Record) -> String {
+    let env = r.envelope;
+    let d = r.decision;
+    let queue = env
+        .queue_id
+        .as_deref()
+        .map_or("NOQUEUE".to_string(), |q| printable(q, 40));
+    let recipient = env
+        .original_recipients
+        .first()
+        .or(env.recipients.first())
+        .map_or(String::new(), |a| mask_key(r.config, a));
+    let field = |v: Option<&str>| v.map_or("-".to_string(), |s| printable(s, 120));
+    format!(
+        "{queue}: message-id={}, sender=<{}>, recipient=<{}>, size={}, route={}, kind={}, \
+         key={}, found_in={}, outcome={}, reason=\"{}\", duration={:.1}ms",
+        field(d.and_then(|d| d.message_id.as_deref())),
+        field(env.sender.as_deref()).trim_start_matches('-'),
+        printable(&recipient, 200),
+        r.size,
+        field(d.and_then(|d| d.route).map(|r| r.as_str())),
+        field(d.and_then(|d| d.kind).map(|k| k.as_str())),
+        d.and_then(|d| d.key.as_ref())
+            .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
+        field(d.and_then(|d| d.found_in)),
+        r.status.action(),
+        printable(r.status.reason(), 300).replace('"', "'"),
+        r.duration.as_secs_f64() * 1000.0,
+    )
+}
+
+/// Replaces the key in an address with its fingerprint.
+fn mask_key(config: Option<&Config>, addr: &str) -> String {
+    let Some(config) = config else {
+        return addr.to_string();
+    };
+    for route in &config.routes {
+        if let Some(raw) = route.template.raw_key_of(addr) {
+            let fp = crate::address::Key::new(raw).map_or_else(
+                || "invalid".to_string(),
+                |k| format!("fp:{}", k.fingerprint()),
+            );
+            return addr.replacen(raw, &format!("[{fp}]"), 1);
+        }
+    }
+    addr.to_string()
+}
+
+/// Sends the line to syslog.
+pub fn send(r: &Record) {
+    let line = format(r);
+    let priority = match r.status {
+        Status::Deferred(..) => libc::LOG_WARNING,
+        _ => libc::LOG_INFO,
+    };
+    let Ok(c_line) = CString::new(line) else {
+        return;
+    };
+    // SAFETY: static NUL-terminated ident (openlog keeps the pointer);
+    // "%s" with a valid C string.
+    unsafe {
+        libc::openlog(
+            c"mailpipe".as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_MAIL,
+        );
+        libc::syslog(priority, c"%s".as_ptr(), c_line.as_ptr());
+        libc::closelog();
+    }
+}

@@ -1,0 +1,421 @@
+//! Finding the GitLab key: in the envelope, then in the headers in GitLab's
+//! order; and predicting what GitLab itself will find in the stored copy.
+//!
+//! Must not: read stdin, touch the spool, or decide exit codes; it only
+//! answers "which key, from where, for which route".
+//! Fails: never; anything malformed simply yields no candidate.
+//!
+//! Address lists are read with the small RFC 5322 §3.4 reader below rather
+//! than a crate: mailparse 0.18 and mail-parser 0.11 both mis-read inputs the
+//! hostile-input table requires (`"reply+K"@ex.com`, `reply+K(c)@ex.com`,
+//! nested comments, `, a@x`), and a wrong address here routes mail to the
+//! wrong GitLab thread.
+
+use crate::address::{Key, Template};
+use crate::config::{Config, Route};
+use crate::headers::HeaderSection;
+
+/// Where a key was found; the names appear in `explain` and the log.
+pub const ENVELOPE: &str = "envelope";
+
+/// Address headers after `To` and `References`, in GitLab's order
+/// (reference §2.2); `Received` sits between X-Envelope-To and X-Original-To.
+const RAW_VALUED: [&str; 4] = [
+    "Delivered-To",
+    "X-Delivered-To",
+    "Envelope-To",
+    "X-Envelope-To",
+];
+const AFTER_RECEIVED: [&str; 2] = ["X-Original-To", "X-Forwarded-To"];
+
+/// At most this many addresses or ids are examined per field, so a hostile
+/// header costs linear time with a small constant.
+const MAX_ITEMS_PER_FIELD: usize = 1000;
+
+/// A key, with where it came from and the mailbox it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub route: Route,
+    pub key: Key,
+    pub found_in: &'static str,
+}
+
+/// The envelope as Postfix (or local(8)) gave it.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    pub sender: Option<String>,
+    pub recipients: Vec<String>,
+    pub original_recipients: Vec<String>,
+    pub queue_id: Option<String>,
+}
+
+/// The first key, in our order: original recipient, recipient, then
+/// To, References, Delivered-To, X-Delivered-To, Envelope-To, X-Envelope-To,
+/// Received, X-Original-To, X-Forwarded-To, Cc. A candidate whose key breaks
+/// the alphabet is no key, and the search goes on.
+pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -> Option<Found> {
+    let envelope_addrs = envelope
+        .original_recipients
+        .iter()
+        .chain(&envelope.recipients);
+    for addr in envelope_addrs {
+        if let Some(found) = match_routes(config, strip_brackets(addr), ENVELOPE) {
+            return Some(found);
+        }
+    }
+    let by_address = |name: &'static str| {
+        headers
+            .all(name)
+            .flat_map(|f| {
+                address_list(&f.text())
+                    .into_iter()
+                    .take(MAX_ITEMS_PER_FIELD)
+            })
+            .find_map(|addr| match_routes(config, &addr, name))
+    };
+    if let Some(found) = by_address("To") {
+        return Some(found);
+    }
+    for field in headers.all("References") {
+        let text = field.text();
+        for id in message_ids(&text).into_iter().take(MAX_ITEMS_PER_FIELD) {
+            if let Some(key) = reply_key(id, &config.gitlab_host) {
+                return Some(Found {
+                    route: Route::IncomingEmail,
+                    key,
+                    found_in: "References",
+                });
+            }
+        }
+    }
+    for name in RAW_VALUED {
+        if let Some(found) = by_address(name) {
+            return Some(found);
+        }
+    }
+    for field in headers.all("Received") {
+        if let Some(addr) = received_for(&field.text())
+            && let Some(found) = match_routes(config, addr.trim(), "Received")
+        {
+            return Some(found);
+        }
+    }
+    AFTER_RECEIVED
+        .into_iter()
+        .chain(["Cc"])
+        .find_map(by_address)
+}
+
+/// Matches one bare address against every configured route.
+fn match_routes(config: &Config, addr: &str, found_in: &'static str) -> Option<Found> {
+    config.routes.iter().find_map(|r| {
+        r.template.key_of(addr).map(|key| Found {
+            route: r.route,
+            key,
+            found_in,
+        })
+    })
+}
+
+/// The key in a GitLab Message-ID `reply-KEY@<gitlab.host>`; the host is
+/// compared without case (RFC 5322 ids are opaque, but hosts are not).
+fn reply_key(id: &str, host: &str) -> Option<Key> {
+    let rest = id.strip_prefix("reply-")?;
+    let (key, id_host) = rest.rsplit_once('@')?;
+    id_host
+        .eq_ignore_ascii_case(host)
+        .then(|| Key::new(key))
+        .flatten()
+}
+
+fn strip_brackets(addr: &str) -> &str {
+    let addr = addr.trim();
+    addr.strip_prefix('<')
+        .and_then(|a| a.strip_suffix('>'))
+        .unwrap_or(addr)
+}
+
+/// The address of the first `for <addr>` clause of a Received field
+/// (RFC 5321 §4.4 "for" clause; the keyword is matched without case).
+pub fn received_for(value: &str) -> Option<&str> {
+    let lower = value.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("for") {
+        let start = from + at;
+        from = start + 3;
+        let before_ok = start == 0 || lower.as_bytes()[start - 1].is_ascii_whitespace();
+        let after = &value[start + 3..];
+        let rest = after.trim_start();
+        if before_ok && rest.len() < after.len() && rest.starts_with('<') {
+            let inner = &rest[1..];
+            let end = inner.find(['>', '<'])?;
+            return (inner.as_bytes()[end] == b'>').then(|| &inner[..end]);
+        }
+    }
+    None
+}
+
+/// Every `<id>` of a References value; ids are taken between brackets, so
+/// the comma-joined and quoted lists of Exchange and iOS work, and so does a
+/// single id (which GitLab misses).
+pub fn message_ids(value: &str) -> Vec<&str> {
+    let mut ids = Vec::new();
+    let mut rest = value;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        match after.find(['<', '>']) {
+            Some(end) if after.as_bytes()[end] == b'>' => {
+                ids.push(after[..end].trim());
+                rest = &after[end + 1..];
+            }
+            Some(end) => rest = &after[end..],
+            None => break,
+        }
+    }
+    ids
+}
+
+/// The addr-specs of an RFC 5322 address list (§3.4), in order: display
+/// names and comments dropped, groups opened, quoted local parts unquoted.
+/// An unbalanced comment or quote makes the whole field yield nothing.
+pub fn address_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut plain = String::new(); // text outside brackets, unquoted
+    let mut angle: Option<String> = None; // inside <...>, or its content
+    let mut in_angle = false;
+    let mut chars = value.chars();
+    let flush = |plain: &mut String, angle: &mut Option<String>, out: &mut Vec<String>| {
+        let addr = match angle.take() {
+            Some(a) => a.trim().to_string(),
+            None => plain.trim().to_string(),
+        };
+        plain.clear();
+        if !addr.is_empty() {
+            out.push(addr);
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '(' => {
+                if !skip_comment(&mut chars) {
+                    return Vec::new();
+                }
+            }
+            '"' => {
+                let target = if in_angle {
+                    angle.get_or_insert_with(String::new)
+                } else {
+                    &mut plain
+                };
+                if !read_quoted(&mut chars, target) {
+                    return Vec::new();
+                }
+            }
+            '<' if !in_angle => {
+                if angle.is_some() {
+                    flush(&mut plain, &mut angle, &mut out);
+                }
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            '>' if in_angle => in_angle = false,
+            ',' | ';' if !in_angle => flush(&mut plain, &mut angle, &mut out),
+            // A group's display name ends at ':'; what follows are members.
+            ':' if !in_angle && angle.is_none() => plain.clear(),
+            _ if in_angle => angle.get_or_insert_with(String::new).push(c),
+            _ => plain.push(c),
+        }
+    }
+    // An unterminated `<addr` is taken as `<addr>`, as GitLab does.
+    flush(&mut plain, &mut angle, &mut out);
+    out
+}
+
+/// Skips a comment after its `(`; false when it never closes.
+fn skip_comment(chars: &mut std::str::Chars) -> bool {
+    let mut depth = 1usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Appends a quoted string's content after its `"`; false when unclosed.
+fn read_quoted(chars: &mut std::str::Chars, into: &mut String) -> bool {
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(q) => into.push(q),
+                None => return false,
+            },
+            '"' => return true,
+            _ => into.push(c),
+        }
+    }
+    false
+}
+
+/// Where GitLab's own receiver looks, in its order, with its quirks
+/// (reference §2.2–2.6): To and Cc parsed, References only as a list of two
+/// or more ids (or one it cannot parse), the other headers as raw values
+/// matched case-sensitively, Received by `for\s+<([^<]+)>`. Returns the
+/// key GitLab would use and where it would find it.
+pub fn gitlab_key(
+    headers: &HeaderSection,
+    template: &Template,
+    host: &str,
+) -> Option<(String, &'static str)> {
+    let parsed = |name: &'static str| {
+        headers
+            .all(name)
+            .flat_map(|f| {
+                address_list(&f.text())
+                    .into_iter()
+                    .take(MAX_ITEMS_PER_FIELD)
+            })
+            .find_map(|a| template.gitlab_key_of(&a).map(|k| (k.to_string(), name)))
+    };
+    let raw = |name: &'static str| {
+        headers.all(name).find_map(|f| {
+            template
+                .gitlab_key_of(&f.text())
+                .map(|k| (k.to_string(), name))
+        })
+    };
+    if let Some(hit) = parsed("To") {
+        return Some(hit);
+    }
+    if let Some(field) = headers.first("References") {
+        let text = field.text();
+        let ids = message_ids(&text);
+        // The mail gem returns a single well-formed id as a bare String,
+        // which GitLab's scan then misses (reference §2.5).
+        let single = ids.len() == 1 && text.trim().starts_with('<') && text.trim().ends_with('>');
+        if !single {
+            let hit = ids.iter().find_map(|id| {
+                let key = id
+                    .strip_prefix("reply-")?
+                    .strip_suffix(&format!("@{host}"))?;
+                (!key.is_empty()).then(|| (key.to_string(), "References"))
+            });
+            if hit.is_some() {
+                return hit;
+            }
+        }
+    }
+    for name in RAW_VALUED {
+        if let Some(hit) = raw(name) {
+            return Some(hit);
+        }
+    }
+    for field in headers.all("Received") {
+        let text = field.text();
+        if let Some(addr) = gitlab_received_for(&text)
+            && let Some(key) = template.gitlab_key_of(addr)
+        {
+            return Some((key.to_string(), "Received"));
+        }
+    }
+    for name in AFTER_RECEIVED {
+        if let Some(hit) = raw(name) {
+            return Some(hit);
+        }
+    }
+    parsed("Cc")
+}
+
+/// GitLab's `for\s+<([^<]+)>`: case-sensitive, first match per field; the
+/// greedy `[^<]+` ends at the last `>` before the next `<`.
+fn gitlab_received_for(value: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(at) = value[from..].find("for") {
+        let start = from + at + 3;
+        from = start;
+        let after = &value[start..];
+        let rest = after.trim_start();
+        if rest.len() == after.len() || !rest.starts_with('<') {
+            continue;
+        }
+        let inner = &rest[1..];
+        let stop = inner.find('<').unwrap_or(inner.len());
+        if let Some(end) = inner[..stop].rfind('>')
+            && end > 0
+        {
+            return Some(&inner[..end]);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_lists_from_the_hostile_table() {
+        let cases: [(&str, &[&str]); 16] = [
+            ("reply+K(c)@ex.com", &["reply+K@ex.com"]),
+            ("(reply+K2@ex.com) x@y", &["x@y"]),
+            ("reply+K@ex.com (reply+K3@ex.com)", &["reply+K@ex.com"]),
+            ("\"reply+K\"@ex.com", &["reply+K@ex.com"]),
+            (
+                "\"reply+K1@ex.com, reply+K2\"@ex.com",
+                &["reply+K1@ex.com, reply+K2@ex.com"],
+            ),
+            (
+                "=?utf-8?q?reply+V=40ex.com?= <attacker@evil.example>",
+                &["attacker@evil.example"],
+            ),
+            ("undisclosed-recipients:;", &[]),
+            ("Team: reply+K@ex.com, b@c.d;", &["reply+K@ex.com", "b@c.d"]),
+            ("G: reply+K@ex.com", &["reply+K@ex.com"]),
+            (", a@x", &["a@x"]),
+            ("\"Bot, Inc\" <incoming+abc@x>", &["incoming+abc@x"]),
+            ("a@b (unbalanced", &[]),
+            ("((a)b) c@d", &["c@d"]),
+            ("Mikel@Lindsaar <x@y>", &["x@y"]),
+            ("<incoming+k@x", &["incoming+k@x"]),
+            (
+                "(Empty list)(start)Undisclosed recipients  :(nobody(that I know))  ;",
+                &[],
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(address_list(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn message_ids_scan() {
+        assert_eq!(message_ids("<a@x> <b@y>"), ["a@x", "b@y"]);
+        assert_eq!(message_ids("\"<a@x>,<b@y>\""), ["a@x", "b@y"]);
+        assert_eq!(message_ids("<a@x>"), ["a@x"]);
+        assert_eq!(message_ids("<<a@x>"), ["a@x"]);
+        assert!(message_ids("a@x").is_empty());
+    }
+
+    #[test]
+    fn received_clauses() {
+        assert_eq!(received_for("from x by y for <a@b>; date"), Some("a@b"));
+        assert_eq!(received_for("from x by y\n\tFOR  <a@b>"), Some("a@b"));
+        assert_eq!(received_for("from x by y for a@b;"), None);
+        assert_eq!(received_for("from before by y"), None);
+        assert_eq!(gitlab_received_for("by y for <a@b> (x>y)"), Some("a@b> (x"));
+        assert_eq!(gitlab_received_for("by y FOR <a@b>"), None);
+        let hostile = "for <<".repeat(100_000);
+        assert_eq!(received_for(&hostile), None);
+        assert_eq!(gitlab_received_for(&hostile), None);
+    }
+}

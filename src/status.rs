@@ -1,0 +1,217 @@
+//! Outcomes of one delivery and the only place that turns them into exit
+//! codes and the one-line report Postfix reads.
+//!
+//! Must not: do I/O beyond writing that one line, or know why a module
+//! failed beyond the `Status` it was handed.
+//! Fails: never. A panic anywhere becomes `Deferred` through the hook
+//! installed by [`install_panic_hook`], because Postfix bounces exit 101.
+//!
+//! Postfix's pipe(8) contract (`pipe_command.c`, `sys_exits.c`): exit 0 is
+//! delivered, 71 and 75 defer, every other status bounces, and output that
+//! starts with an RFC 3463 enhanced status code overrides the exit status.
+//! So every line we print starts with the code that matches our exit, and
+//! nothing else is ever printed.
+
+use std::fmt;
+use std::io::Write;
+
+/// sysexits(3) values. The only numbers 64–78 in the crate.
+const EX_OK: u8 = 0;
+const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
+const EX_TEMPFAIL: u8 = 75;
+
+/// What happened to one message, as the MTA must learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// The message is durably in `new/`.
+    Accepted,
+    /// An auto-reply, dropped on purpose (RFC 3834: never answer one).
+    Discarded(String),
+    /// A final "no": Postfix returns the message to its sender.
+    Rejected(Rejection, String),
+    /// Anything not classified on purpose: Postfix keeps the message.
+    Deferred(Deferral, String),
+}
+
+/// Why a message is refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No key, an unsafe key, or one no GitLab handler accepts.
+    UnknownKey,
+    /// Larger than `limits.max_message_bytes`.
+    TooLarge,
+    /// Nothing that could be a header section.
+    Empty,
+}
+
+/// Why a message is kept in the Postfix queue for a later try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// The configuration file is missing or invalid, or the command line is.
+    Config,
+    /// The spool is missing, unwritable or failed on I/O.
+    Spool,
+    /// The file system is full (ENOSPC, EDQUOT, EFBIG).
+    DiskFull,
+    /// Reading the message from stdin failed.
+    Input,
+    /// mailpipe's own deadline fired before Postfix's time limit would.
+    Deadline,
+    /// A bug: a panic, caught before it could exit 101.
+    Internal,
+}
+
+impl Status {
+    /// The sysexits code Postfix acts on.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Status::Accepted | Status::Discarded(_) => EX_OK,
+            Status::Rejected(Rejection::UnknownKey, _) => EX_NOUSER,
+            Status::Rejected(Rejection::TooLarge | Rejection::Empty, _) => EX_DATAERR,
+            Status::Deferred(..) => EX_TEMPFAIL,
+        }
+    }
+
+    /// RFC 3463 enhanced status code, matching [`Status::exit_code`].
+    pub fn enhanced_code(&self) -> &'static str {
+        match self {
+            Status::Accepted | Status::Discarded(_) => "2.0.0",
+            // 5.1.1: bad destination mailbox address.
+            Status::Rejected(Rejection::UnknownKey, _) => "5.1.1",
+            // 5.3.4: message too big for system.
+            Status::Rejected(Rejection::TooLarge, _) => "5.3.4",
+            // 5.6.0: other or undefined media error.
+            Status::Rejected(Rejection::Empty, _) => "5.6.0",
+            // 4.3.5: system incorrectly configured.
+            Status::Deferred(Deferral::Config, _) => "4.3.5",
+            // 4.3.1: mail system full.
+            Status::Deferred(Deferral::DiskFull, _) => "4.3.1",
+            // 4.4.7: delivery time expired.
+            Status::Deferred(Deferral::Deadline, _) => "4.4.7",
+            Status::Deferred(Deferral::Spool | Deferral::Input | Deferral::Internal, _) => "4.3.0",
+        }
+    }
+
+    /// The word `explain` and the log use: accept, discard, bounce, defer.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Status::Accepted => "accept",
+            Status::Discarded(_) => "discard",
+            Status::Rejected(..) => "bounce",
+            Status::Deferred(..) => "defer",
+        }
+    }
+
+    /// The human part of the report.
+    pub fn reason(&self) -> &str {
+        match self {
+            Status::Accepted => "spooled",
+            Status::Discarded(why) | Status::Rejected(_, why) | Status::Deferred(_, why) => why,
+        }
+    }
+
+    /// The line for Postfix, or `None` when we say nothing (success).
+    ///
+    /// Postfix copies this text into the bounce or defer notice, turning tabs
+    /// and newlines into spaces and keeping only the first ~4 KB, so it is one
+    /// short printable line.
+    pub fn report_line(&self) -> Option<String> {
+        match self {
+            Status::Accepted | Status::Discarded(_) => None,
+            _ => Some(format!(
+                "{} mailpipe: {}",
+                self.enhanced_code(),
+                printable(self.reason(), 400)
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.action(), self.reason())
+    }
+}
+
+/// Writes the report line to stdout, ignoring a broken stdout: the exit code
+/// still carries the answer, and `println!` would panic (exit 101, a bounce).
+pub fn report(status: &Status) {
+    if let Some(line) = status.report_line() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Keeps `text` to printable ASCII on one line, at most `max` bytes.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
+/// Installs a panic hook that reports `4.3.0`, runs `cleanup` (which removes
+/// a half-written spool file) and exits 75 at once, so no panic in any
+/// thread can reach Rust's exit status 101, which Postfix would bounce.
+pub fn install_panic_hook(cleanup: fn()) {
+    std::panic::set_hook(Box::new(move |info| {
+        cleanup();
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = format!("4.3.0 mailpipe: internal error{location}; message deferred\n");
+        // Raw write(2): the stdout lock may be held by the panicking code.
+        write_raw(1, line.as_bytes());
+        // SAFETY: _exit(2) is always safe to call; it skips destructors on
+        // purpose because state may be inconsistent after a panic.
+        unsafe { libc::_exit(i32::from(EX_TEMPFAIL)) }
+    }));
+}
+
+/// Best-effort write(2) that never panics and never blocks on a lock.
+pub fn write_raw(fd: i32, bytes: &[u8]) {
+    // SAFETY: the pointer and length come from a valid slice.
+    let _ = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_report_starts_with_the_code_of_its_exit() {
+        let all = [
+            Status::Rejected(Rejection::UnknownKey, "x".into()),
+            Status::Rejected(Rejection::TooLarge, "x".into()),
+            Status::Rejected(Rejection::Empty, "x".into()),
+            Status::Deferred(Deferral::Config, "x".into()),
+            Status::Deferred(Deferral::Spool, "x".into()),
+            Status::Deferred(Deferral::DiskFull, "x".into()),
+            Status::Deferred(Deferral::Input, "x".into()),
+            Status::Deferred(Deferral::Deadline, "x".into()),
+            Status::Deferred(Deferral::Internal, "x".into()),
+        ];
+        for s in all {
+            let line = s.report_line().unwrap();
+            let class = if s.exit_code() == 75 { '4' } else { '5' };
+            assert!(line.starts_with(class), "{line}");
+        }
+        assert_eq!(Status::Accepted.report_line(), None);
+        assert_eq!(Status::Discarded("auto".into()).exit_code(), 0);
+    }
+
+    #[test]
+    fn printable_keeps_one_line() {
+        assert_eq!(printable("a\nb\tc\u{e9}", 10), "a?b?c?");
+        assert_eq!(printable("abcdef", 3), "abc");
+    }
+}
