@@ -95,7 +95,10 @@ fn read_head(cap: usize) -> Result<Head, std::io::Error> {
         }
         let start = from_line.unwrap_or(0);
         // Only look at lines that were not complete before this read.
-        if headers::section_end(&bytes[start + scanned..]).is_some() {
+        // A message of only blank lines is "empty" (65): read on to see
+        // whether anything but white space follows.
+        let blank_so_far = bytes[start..].iter().all(u8::is_ascii_whitespace);
+        if !blank_so_far && headers::section_end(&bytes[start + scanned..]).is_some() {
             return Ok(Head {
                 from_line: start,
                 bytes,

@@ -177,8 +177,12 @@ pub fn message_ids(value: &str) -> Vec<&str> {
 
 /// The addr-specs of an RFC 5322 address list (§3.4), in order: display
 /// names and comments dropped, groups opened, quoted local parts unquoted.
-/// An unbalanced comment or quote makes the whole field yield nothing.
+/// An unbalanced comment or quote, or a control character (a bare CR or a
+/// NUL: RFC 5322 allows neither), makes the whole field yield nothing.
 pub fn address_list(value: &str) -> Vec<String> {
+    if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let mut plain = String::new(); // text outside brackets, unquoted
     let mut angle: Option<String> = None; // inside <...>, or its content
