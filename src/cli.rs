@@ -28,6 +28,9 @@ pub enum Command {
     Deliver(EnvelopeArgs),
     /// Print, as JSON, the decision `deliver` would make; write nothing.
     Explain(EnvelopeArgs),
+    /// Check the configuration, the spool and Postfix; run it after every
+    /// change. Exit 0 when nothing is an error, 1 otherwise.
+    Check(CheckArgs),
 }
 
 /// The envelope, from Postfix's macros. Use the `--flag=value` form in
@@ -50,6 +53,36 @@ pub struct EnvelopeArgs {
     /// Postfix queue id (`${queue_id}`), for logs and file names.
     #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     pub queue_id: Option<String>,
+}
+
+/// Options of `mailpipe check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Send a probe message through Postfix and report where it ended.
+    #[arg(long)]
+    pub send_test: bool,
+    /// Check the Postfix instance in this configuration directory
+    /// (`postconf -c DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub postfix_config: Option<PathBuf>,
+    /// The user Postfix runs mailpipe as, when master.cf does not say.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per check, for a person.
+    Text,
+    /// One JSON object, for monitoring.
+    Json,
 }
 
 /// What parsing the command line gave.

@@ -18,6 +18,7 @@
 //! key (5.1.1); 65 too large (5.3.4) or empty (5.6.0); 75 everything else.
 
 pub mod address;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decide;
@@ -26,5 +27,7 @@ pub mod headers;
 pub mod kind;
 pub mod log;
 pub mod lookup;
+pub mod postfix;
+pub mod probe;
 pub mod spool;
 pub mod status;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, Deferral, Status};
-use mailpipe::{deliver, spool};
+use mailpipe::{check, deliver, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
                 deliver::explain(&args);
                 return ExitCode::SUCCESS;
             }
+            Command::Check(args) => return check::main(&args),
         },
     };
     status::report(&status);

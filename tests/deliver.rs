@@ -523,7 +523,7 @@ fn gitlab_mail_key_vectors() {
         assert_eq!(v["action"], "accept", "{headers}");
     }
     let misses = [
-        format!("To: x@y.z\nReferences: <a@b> <reply-pqr@other.example.com>\n"),
+        "To: x@y.z\nReferences: <a@b> <reply-pqr@other.example.com>\n".to_string(),
         format!("To: x@y.z\nReferences: <a@b> <reply-pqr@{HOST}.evil>\n"),
         format!("To: x@y.z\nIn-Reply-To: <reply-{REPLY_KEY}@{HOST}>\n"),
         format!("To: x@y.z\nBcc: incoming+k@{d}\nResent-To: incoming+k@{d}\n"),

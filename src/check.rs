@@ -1,0 +1,885 @@
+//! `mailpipe check`: every reason incoming email would not work, at once,
+//! each with the setting concerned and the fix. It loads the configuration
+//! through exactly the code `deliver` uses, so the two cannot disagree.
+//!
+//! Must not: change anything (no mkdir, no chmod, no Postfix reload); the
+//! only write is `--send-test`'s probe message, submitted through Postfix.
+//! Fails: never; a check that cannot run is itself a finding.
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{Config, DEFAULT_PATH, Route};
+use crate::postfix::{PipeService, Postfix, PostfixError};
+
+/// How bad a finding is; any `Error` makes `check` exit 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// The area: config, security, spool, postfix, probe.
+    pub check: &'static str,
+    /// The setting, file or parameter concerned.
+    pub subject: String,
+    pub message: String,
+    /// What to do; empty for `ok`.
+    pub hint: String,
+}
+
+/// Options of `mailpipe check`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// `postconf -c DIR`: check that Postfix instance instead of the default.
+    pub postfix_config: Option<PathBuf>,
+    /// The user Postfix runs mailpipe as, when master.cf cannot tell.
+    pub user: Option<String>,
+    /// Submit a probe message through Postfix and watch where it ends.
+    pub send_test: bool,
+}
+
+/// The report: findings in order.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub config: String,
+    pub errors: usize,
+    pub warnings: usize,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Adds one finding.
+    pub fn add(
+        &mut self,
+        level: Level,
+        check: &'static str,
+        subject: &str,
+        message: String,
+        hint: &str,
+    ) {
+        match level {
+            Level::Error => self.errors += 1,
+            Level::Warning => self.warnings += 1,
+            Level::Ok => {}
+        }
+        self.findings.push(Finding {
+            level,
+            check,
+            subject: subject.to_string(),
+            message,
+            hint: hint.to_string(),
+        });
+    }
+
+    fn ok(&mut self, check: &'static str, subject: &str, message: String) {
+        self.add(Level::Ok, check, subject, message, "");
+    }
+
+    fn warn(&mut self, check: &'static str, subject: &str, message: String, hint: &str) {
+        self.add(Level::Warning, check, subject, message, hint);
+    }
+
+    fn error(&mut self, check: &'static str, subject: &str, message: String, hint: &str) {
+        self.add(Level::Error, check, subject, message, hint);
+    }
+
+    /// One line per check, for a person.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("mailpipe check: {}\n", self.config);
+        for f in &self.findings {
+            let level = match f.level {
+                Level::Ok => "ok",
+                Level::Warning => "warning",
+                Level::Error => "error",
+            };
+            let _ = writeln!(out, "{level:<8}{:<10}{}: {}", f.check, f.subject, f.message);
+            if !f.hint.is_empty() {
+                let _ = writeln!(out, "{:18}fix: {}", "", f.hint);
+            }
+        }
+        let oks = self.findings.len() - self.errors - self.warnings;
+        let _ = writeln!(
+            out,
+            "{oks} ok, {} warning(s), {} error(s)",
+            self.warnings, self.errors
+        );
+        out
+    }
+}
+
+/// Runs `mailpipe check` and prints the report; exit 1 on any error.
+pub fn main(args: &crate::cli::CheckArgs) -> std::process::ExitCode {
+    use std::io::Write;
+    let report = run(&Options {
+        config: args.config.clone(),
+        postfix_config: args.postfix_config.clone(),
+        user: args.user.clone(),
+        send_test: args.send_test,
+    });
+    let text = match args.format {
+        crate::cli::Format::Text => report.to_text(),
+        crate::cli::Format::Json => {
+            serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+    if report.errors == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
+}
+
+/// Runs every check.
+pub fn run(options: &Options) -> Report {
+    let mut report = Report {
+        config: options.config.display().to_string(),
+        ..Report::default()
+    };
+    let config = match Config::load_all(&options.config) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                let subject = p.key.clone().unwrap_or_else(|| match p.line {
+                    Some(l) => format!("{}:{l}", p.path.display()),
+                    None => p.path.display().to_string(),
+                });
+                report.error("config", &subject, p.message.clone(), &p.hint);
+            }
+            return report;
+        }
+    };
+    let names: Vec<&str> = config.routes.iter().map(|r| r.route.as_str()).collect();
+    report.ok(
+        "config",
+        &options.config.display().to_string(),
+        format!("loaded; routes {}", names.join(", ")),
+    );
+    check_addresses(&config, &mut report);
+
+    let postfix = Postfix::new(options.postfix_config.as_deref());
+    let service = check_postfix(&config, options, &postfix, &mut report);
+    check_security(&config, &postfix, &mut report);
+    let user = service
+        .as_ref()
+        .and_then(|s| s.user.clone())
+        .or_else(|| options.user.clone())
+        .unwrap_or_else(|| "mailpipe".to_string());
+    check_spool(&config, &user, &mut report);
+    if options.send_test {
+        crate::probe::send(&config, &postfix, &mut report);
+    }
+    report
+}
+
+fn check_addresses(config: &Config, report: &mut Report) {
+    for r in &config.routes {
+        let subject = format!("{}.address", r.route);
+        if r.template.has_key() {
+            report.ok(
+                "config",
+                &subject,
+                format!("{} has %{{key}} in the local part", r.template.address),
+            );
+        } else {
+            report.warn(
+                "config",
+                &subject,
+                format!("{} has no %{{key}}: only replies can be routed (key from References)", r.template.address),
+                "add %{key} (sub-addressing \"incoming+%{key}@…\") for new issues, merge requests and Service Desk",
+            );
+        }
+    }
+}
+
+/// The Slack-verification exploit (GitLab's "Security concerns"): anyone
+/// who can get a mail to a project's address can confirm an account that
+/// trusts "has a mailbox at our domain".
+fn check_security(config: &Config, postfix: &Postfix, report: &mut Report) {
+    let host = config.gitlab_host.to_ascii_lowercase();
+    let mydomain = postfix
+        .param("mydomain")
+        .ok()
+        .map(|d| d.to_ascii_lowercase());
+    let mut domains: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.template.domain().to_ascii_lowercase())
+        .collect();
+    domains.dedup();
+    let hint = "receive GitLab mail on its own subdomain (incoming.gitlab.example.com) or a dedicated \
+                domain: if the incoming domain is the company's mail domain, an attacker can sign up to a \
+                service that trusts that domain (Slack) with a project's address, and the confirmation \
+                mail becomes an issue they can read";
+    for domain in domains {
+        let parent_of_host = host.ends_with(&format!(".{domain}"));
+        if domain == host || parent_of_host || mydomain.as_deref() == Some(domain.as_str()) {
+            let why = if domain == host {
+                "is GitLab's own host name".to_string()
+            } else if parent_of_host {
+                format!("is a parent of GitLab's host {host}, likely the company's main domain")
+            } else {
+                "is Postfix's $mydomain, the company's main mail domain".to_string()
+            };
+            report.warn(
+                "security",
+                &domain,
+                format!("incoming domain {domain} {why}"),
+                hint,
+            );
+        } else {
+            report.ok(
+                "security",
+                &domain,
+                "incoming domain is separate from GitLab's host and $mydomain".into(),
+            );
+        }
+    }
+}
+
+fn check_spool(config: &Config, user: &str, report: &mut Report) {
+    let root = &config.spool.dir;
+    let subject = "spool.dir";
+    let meta = match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => m,
+        Ok(_) => {
+            report.error(
+                "spool",
+                subject,
+                format!("{} is not a directory", root.display()),
+                "point spool.dir at a directory",
+            );
+            return;
+        }
+        Err(e) => {
+            report.error(
+                "spool",
+                subject,
+                format!(
+                    "{} is missing ({e}); deliver defers every message",
+                    root.display()
+                ),
+                &format!("mkdir -m 0750 {0} && chown {user}: {0}", root.display()),
+            );
+            return;
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        report.error(
+            "spool",
+            subject,
+            format!("{} is world-writable (mode {mode:04o})", root.display()),
+            &format!("chmod o-rwx {}", root.display()),
+        );
+    } else if mode & 0o004 != 0 {
+        report.warn(
+            "spool",
+            subject,
+            format!(
+                "{} is world-readable (mode {mode:04o}): mail holds users' keys",
+                root.display()
+            ),
+            &format!("chmod o-rwx {}", root.display()),
+        );
+    } else {
+        report.ok(
+            "spool",
+            subject,
+            format!("{} exists, mode {mode:04o}", root.display()),
+        );
+    }
+    let Some(account) = Account::lookup(user) else {
+        report.error(
+            "spool",
+            "user",
+            format!("user {user:?} (who Postfix runs mailpipe as) does not exist"),
+            "create it (useradd --system mailpipe) or fix user= in master.cf",
+        );
+        return;
+    };
+    for route in config.routes.iter().map(|r| r.route) {
+        check_route_dirs(root, route, &account, report);
+    }
+    check_space(config, report);
+}
+
+fn check_route_dirs(root: &Path, route: Route, account: &Account, report: &mut Report) {
+    let dir = root.join(route.as_str());
+    let subject = format!("spool {route}");
+    if !dir.exists() {
+        if account.can_write(root) {
+            report.ok(
+                "spool",
+                &subject,
+                format!("{} will be created by the first delivery", dir.display()),
+            );
+        } else {
+            report.error(
+                "spool",
+                &subject,
+                format!(
+                    "{} is missing and {} cannot create it",
+                    dir.display(),
+                    account.name
+                ),
+                &format!("chown {}: {}", account.name, root.display()),
+            );
+        }
+        return;
+    }
+    let mut devices = Vec::new();
+    for sub in ["", "tmp", "new", "cur"] {
+        let path = if sub.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(sub)
+        };
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => report.error(
+                "spool",
+                &subject,
+                format!(
+                    "{} is a symbolic link; deliver never follows one",
+                    path.display()
+                ),
+                "replace it with a real directory on the spool's file system",
+            ),
+            Ok(m) if m.is_dir() => {
+                devices.push(m.dev());
+                if !account.can_write(&path) {
+                    report.error(
+                        "spool",
+                        &subject,
+                        format!("{} is not writable by {}", path.display(), account.name),
+                        &format!(
+                            "chown {0}: {1} && chmod 0770 {1}",
+                            account.name,
+                            path.display()
+                        ),
+                    );
+                }
+            }
+            Ok(_) => report.error(
+                "spool",
+                &subject,
+                format!("{} is not a directory", path.display()),
+                "remove it",
+            ),
+            Err(_) if sub.is_empty() => {}
+            Err(_) => {
+                if !account.can_write(&dir) {
+                    report.error(
+                        "spool",
+                        &subject,
+                        format!(
+                            "{} is missing and {} cannot create it",
+                            path.display(),
+                            account.name
+                        ),
+                        &format!(
+                            "mkdir -m 0770 {0} && chown {1}: {0}",
+                            path.display(),
+                            account.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if devices.windows(2).any(|w| w[0] != w[1]) {
+        report.error(
+            "spool",
+            &subject,
+            format!(
+                "{} spans file systems; link(2) from tmp/ to new/ fails (EXDEV)",
+                dir.display()
+            ),
+            "keep tmp/, new/ and cur/ on one file system",
+        );
+    }
+    let stale = stale_tmp_files(&dir.join("tmp"));
+    if stale > 0 {
+        report.warn(
+            "spool",
+            &subject,
+            format!("{stale} file(s) in tmp/ are older than 36 hours (killed deliveries)"),
+            &format!(
+                "remove them: find {} -type f -mmin +2160 -delete",
+                dir.join("tmp").display()
+            ),
+        );
+    }
+    report.ok(
+        "spool",
+        &subject,
+        format!("{} usable by {}", dir.display(), account.name),
+    );
+}
+
+fn stale_tmp_files(tmp: &Path) -> usize {
+    let cutoff = SystemTime::now() - Duration::from_secs(36 * 3600);
+    std::fs::read_dir(tmp)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < cutoff)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn check_space(config: &Config, report: &mut Report) {
+    let Ok(c) = CString::new(config.spool.dir.to_string_lossy().as_bytes()) else {
+        return;
+    };
+    // SAFETY: zeroed statvfs is valid; valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    let want = 2 * config.limits.max_message_bytes;
+    if free < want {
+        report.error(
+            "spool",
+            "free space",
+            format!(
+                "{} MiB free, less than two maximal messages ({} MiB)",
+                free >> 20,
+                want >> 20
+            ),
+            "free space on the spool's file system or lower limits.max_message_bytes",
+        );
+    } else {
+        report.ok("spool", "free space", format!("{} MiB free", free >> 20));
+    }
+    if st.f_favail < 1000 {
+        report.warn(
+            "spool",
+            "free inodes",
+            format!("only {} inodes free; every message needs one", st.f_favail),
+            "free inodes on the spool's file system",
+        );
+    }
+}
+
+/// Postfix's side: the pipe service, its flags, limits and routing.
+fn check_postfix(
+    config: &Config,
+    options: &Options,
+    postfix: &Postfix,
+    report: &mut Report,
+) -> Option<PipeService> {
+    let services = match postfix.pipe_services() {
+        Ok(s) => s,
+        Err(PostfixError::Missing) => {
+            report.warn(
+                "postfix",
+                "postconf",
+                "not installed here; Postfix checks skipped".into(),
+                "run mailpipe check on the Postfix host",
+            );
+            return None;
+        }
+        Err(e) => {
+            report.error(
+                "postfix",
+                "postconf",
+                e.to_string(),
+                "fix the Postfix configuration (postfix check)",
+            );
+            return None;
+        }
+    };
+    let ours: Vec<&PipeService> = services.iter().filter(|s| s.runs_mailpipe()).collect();
+    let Some(service) = ours
+        .iter()
+        .find(|s| {
+            same_file(
+                &s.config_path().unwrap_or_else(|| DEFAULT_PATH.into()),
+                &options.config,
+            )
+        })
+        .or(ours.first())
+        .copied()
+        .cloned()
+    else {
+        report.error(
+            "postfix",
+            "master.cf",
+            "no pipe(8) service runs mailpipe deliver".into(),
+            "paste the mailpipe service from postfix/master.cf and run postfix reload",
+        );
+        return None;
+    };
+    let name = service.name.clone();
+    let subject = format!("master.cf {name}");
+    let used = service.config_path().unwrap_or_else(|| DEFAULT_PATH.into());
+    if same_file(&used, &options.config) {
+        report.ok(
+            "postfix",
+            &subject,
+            format!("runs {} deliver with this config", service.argv[0]),
+        );
+    } else {
+        report.error(
+            "postfix",
+            &subject,
+            format!(
+                "runs mailpipe with {}, not {}",
+                used.display(),
+                options.config.display()
+            ),
+            "pass --config=<this file> in argv=, or check that file instead",
+        );
+    }
+    let mail_owner = postfix
+        .param("mail_owner")
+        .unwrap_or_else(|_| "postfix".into());
+    match service.user.as_deref() {
+        None => report.error(
+            "postfix",
+            &subject,
+            "no user= attribute".into(),
+            "add user=mailpipe",
+        ),
+        Some(u) if u == "root" || u == mail_owner => report.error(
+            "postfix",
+            &subject,
+            format!("user={u}: Postfix refuses to run commands as root or {mail_owner}"),
+            "use a dedicated unprivileged user: user=mailpipe",
+        ),
+        Some(u) => report.ok("postfix", &subject, format!("runs as user {u}")),
+    }
+    check_flags(&service, &subject, report);
+    for (macro_name, required) in [
+        ("${recipient}", true),
+        ("${original_recipient}", false),
+        ("${queue_id}", false),
+    ] {
+        if !service.argv.iter().any(|a| a.contains(macro_name)) {
+            let msg = format!("argv does not pass {macro_name}");
+            let hint = format!(
+                "add --{}={macro_name}",
+                macro_name.trim_matches(['$', '{', '}']).replace('_', "-")
+            );
+            if required {
+                report.error("postfix", &subject, msg, &hint);
+            } else {
+                report.warn("postfix", &subject, msg, &hint);
+            }
+        }
+    }
+    let limit = postfix
+        .param(&format!("{name}_destination_recipient_limit"))
+        .unwrap_or_default();
+    if limit == "1" {
+        report.ok(
+            "postfix",
+            &format!("{name}_destination_recipient_limit"),
+            "1".into(),
+        );
+    } else {
+        report.error(
+            "postfix",
+            &format!("{name}_destination_recipient_limit"),
+            format!("is {limit:?}: one exit status would answer for several recipients"),
+            &format!("postconf -e {name}_destination_recipient_limit=1"),
+        );
+    }
+    let time_limit = postfix
+        .param(&format!("{name}_time_limit"))
+        .unwrap_or_default();
+    match parse_duration(&time_limit) {
+        Some(secs) if secs > config.limits.deadline_secs => report.ok(
+            "postfix",
+            &format!("{name}_time_limit"),
+            format!("{secs}s, above mailpipe's deadline of {}s", config.limits.deadline_secs),
+        ),
+        _ => report.error(
+            "postfix",
+            &format!("{name}_time_limit"),
+            format!(
+                "{time_limit:?} is not above limits.deadline_secs ({}s): past it Postfix kills mailpipe and bounces",
+                config.limits.deadline_secs
+            ),
+            &format!("postconf -e {name}_time_limit={}s", config.limits.deadline_secs * 2),
+        ),
+    }
+    check_routing(config, postfix, &name, report);
+    check_delimiter(config, postfix, report);
+    let size = postfix.param("message_size_limit").unwrap_or_default();
+    match size.parse::<u64>() {
+        Ok(n) if n > 0 && n <= config.limits.max_message_bytes => report.ok(
+            "postfix",
+            "message_size_limit",
+            format!("{n}, not above limits.max_message_bytes"),
+        ),
+        _ => report.error(
+            "postfix",
+            "message_size_limit",
+            format!(
+                "{size:?} is above limits.max_message_bytes ({}): Postfix accepts what mailpipe then bounces",
+                config.limits.max_message_bytes
+            ),
+            "lower message_size_limit or raise limits.max_message_bytes",
+        ),
+    }
+    Some(service)
+}
+
+fn check_flags(service: &PipeService, subject: &str, report: &mut Report) {
+    let flags = &service.flags;
+    let mut bad = Vec::new();
+    if flags.contains('u') {
+        bad.push("u folds the recipient's local part to lower case, and keys are case-sensitive");
+    }
+    if flags.contains('.') || flags.contains('>') || flags.contains('B') {
+        bad.push("'.', '>' and 'B' change the message bytes that are stored");
+    }
+    for why in bad {
+        report.error(
+            "postfix",
+            subject,
+            format!("flags={flags}: {why}"),
+            "use flags=DRX",
+        );
+    }
+    if !flags.contains('D') {
+        report.warn(
+            "postfix",
+            subject,
+            format!("flags={flags} lacks D (Delivered-To, and Postfix's mail-loop check)"),
+            "use flags=DRX",
+        );
+    } else if !flags.contains('u') {
+        report.ok("postfix", subject, format!("flags={flags}"));
+    }
+}
+
+fn check_routing(config: &Config, postfix: &Postfix, name: &str, report: &mut Report) {
+    let mut domains: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.template.domain().to_ascii_lowercase())
+        .collect();
+    domains.dedup();
+    let accepted_in = [
+        "relay_domains",
+        "mydestination",
+        "virtual_mailbox_domains",
+        "virtual_alias_domains",
+    ];
+    for domain in domains {
+        let subject = format!("routing {domain}");
+        let transport = postfix.transport_for(&domain).ok().flatten();
+        let relay_transport = postfix.param("relay_transport").unwrap_or_default();
+        let in_relay = domain_listed(postfix, "relay_domains", &domain);
+        let routed = match &transport {
+            Some(t) => t.split(':').next() == Some(name),
+            None => in_relay && relay_transport.split(':').next() == Some(name),
+        };
+        if routed {
+            report.ok(
+                "postfix",
+                &subject,
+                format!("delivered by the {name} transport"),
+            );
+        } else {
+            report.error(
+                "postfix",
+                &subject,
+                format!(
+                    "not routed to {name} (transport_maps gives {:?})",
+                    transport.unwrap_or_default()
+                ),
+                &format!("add \"{domain} {name}:\" to the transport map and postmap it"),
+            );
+        }
+        if !accepted_in
+            .iter()
+            .any(|p| domain_listed(postfix, p, &domain))
+        {
+            report.error(
+                "postfix",
+                &subject,
+                format!(
+                    "{domain} is in none of {}: Postfix answers \"Relay access denied\"",
+                    accepted_in.join(", ")
+                ),
+                &format!("postconf -e 'relay_domains = $relay_domains, {domain}'"),
+            );
+        }
+    }
+}
+
+/// True when `domain` is in the list parameter `param` (literal entries,
+/// or lookup tables asked with `postmap -q`).
+fn domain_listed(postfix: &Postfix, param: &str, domain: &str) -> bool {
+    let Ok(value) = postfix.param(param) else {
+        return false;
+    };
+    value
+        .split([',', ' ', '\t', '\n'])
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry.contains(':') && !entry.starts_with('/') {
+                let out = std::process::Command::new("postmap")
+                    .args(["-q", domain, entry])
+                    .output();
+                out.is_ok_and(|o| o.status.success())
+            } else {
+                entry.eq_ignore_ascii_case(domain)
+            }
+        })
+}
+
+fn check_delimiter(config: &Config, postfix: &Postfix, report: &mut Report) {
+    let delimiters = postfix.param("recipient_delimiter").unwrap_or_default();
+    for r in &config.routes {
+        let local = r.template.address.split('@').next().unwrap_or("");
+        let Some((prefix, _)) = local.split_once(crate::address::PLACEHOLDER) else {
+            continue;
+        };
+        let Some(own) = prefix.chars().last() else {
+            continue;
+        };
+        let subject = format!("{}: recipient_delimiter", r.route);
+        if let Some(early) = prefix[..prefix.len() - own.len_utf8()]
+            .chars()
+            .find(|c| delimiters.contains(*c))
+        {
+            report.warn(
+                "postfix",
+                &subject,
+                format!("{delimiters:?} contains {early:?}, which splits {prefix}… before the key"),
+                "keep only the template's own delimiter in recipient_delimiter",
+            );
+        } else if own == '+' && !delimiters.contains('+') {
+            report.warn(
+                "postfix",
+                &subject,
+                format!("sub-addressing template {} but recipient_delimiter is {delimiters:?}", r.template.address),
+                "postconf -e recipient_delimiter=+ (recipient tables then match incoming+KEY@ as incoming@)",
+            );
+        } else {
+            report.ok(
+                "postfix",
+                &subject,
+                format!("{delimiters:?} fits {}", r.template.address),
+            );
+        }
+    }
+}
+
+/// Postfix time values: a number with an optional unit (s, m, h, d, w).
+fn parse_duration(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 604800,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// A local account, for "can this user write there" questions.
+struct Account {
+    name: String,
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl Account {
+    fn lookup(name: &str) -> Option<Account> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: getpwnam returns a pointer to static storage or null.
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if pw.is_null() {
+            return None;
+        }
+        // SAFETY: non-null result of getpwnam.
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: valid buffer of n entries.
+        let rc = unsafe { libc::getgrouplist(c.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let gids = if rc >= 0 {
+            groups[..n as usize].to_vec()
+        } else {
+            vec![gid]
+        };
+        Some(Account {
+            name: name.to_string(),
+            uid,
+            gids,
+        })
+    }
+
+    /// Write and search permission on a directory, by its mode bits.
+    fn can_write(&self, dir: &Path) -> bool {
+        let Ok(m) = std::fs::metadata(dir) else {
+            return false;
+        };
+        if self.uid == 0 {
+            return true;
+        }
+        let mode = m.permissions().mode();
+        let bits = if m.uid() == self.uid {
+            mode >> 6
+        } else if self.gids.contains(&m.gid()) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("600s"), Some(600));
+        assert_eq!(parse_duration("1000"), Some(1000));
+        assert_eq!(parse_duration("10m"), Some(600));
+        assert_eq!(parse_duration("x"), None);
+    }
+}

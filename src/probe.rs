@@ -1,0 +1,195 @@
+//! `mailpipe check --send-test`: submit one probe message through Postfix's
+//! sendmail(1) to a random reply address and report where it ended: in the
+//! spool (then removed again), deferred in Postfix's queue (with Postfix's
+//! reason), or nowhere within the wait.
+//!
+//! Must not: touch any message but the probe, or leave the probe in the
+//! spool once found.
+//! Fails: into findings; a probe that cannot be sent is an error finding.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::check::{Level, Report};
+use crate::config::{Config, Route};
+use crate::postfix::Postfix;
+
+/// How long to wait for the probe to show up.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Sends the probe and adds what happened to `report`.
+pub fn send(config: &Config, postfix: &Postfix, report: &mut Report) {
+    let Some(route) = config
+        .route(Route::IncomingEmail)
+        .filter(|r| r.template.has_key())
+    else {
+        push(
+            report,
+            Level::Warning,
+            "no %{key} in incoming_email.address; probe skipped".into(),
+            "",
+        );
+        return;
+    };
+    let token = format!("{:016x}{:016x}", rand(), rand());
+    // A 32-hex reply key: valid for mailpipe, never issued by GitLab.
+    let Some(key) = crate::address::Key::new(&token) else {
+        return;
+    };
+    let recipient = route.template.render(&key);
+    let host = postfix
+        .param("myhostname")
+        .unwrap_or_else(|_| "localhost".into());
+    let message = format!(
+        "From: mailpipe check <MAILER-DAEMON@{host}>\nTo: <{recipient}>\nSubject: mailpipe \
+         check probe\nX-Mailpipe-Probe: {token}\nAuto-Submitted: no\n\nProbe from mailpipe \
+         check --send-test; it is removed from the spool when found.\n"
+    );
+    let started = Instant::now();
+    let since = SystemTime::now() - Duration::from_secs(2);
+    let mut cmd = Command::new("sendmail");
+    if let Some(dir) = postfix_dir(postfix) {
+        cmd.arg("-C").arg(dir);
+    }
+    let child = cmd
+        .args(["-i", "-f", "", "--", &recipient])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let sent = child.and_then(|mut c| {
+        if let Some(mut stdin) = c.stdin.take() {
+            stdin.write_all(message.as_bytes())?;
+        }
+        c.wait_with_output()
+    });
+    match sent {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            push(
+                report,
+                Level::Error,
+                format!("sendmail refused the probe: {err}"),
+                "check postfix status",
+            );
+            return;
+        }
+        Err(e) => {
+            push(
+                report,
+                Level::Error,
+                format!("cannot run sendmail: {e}"),
+                "install Postfix",
+            );
+            return;
+        }
+    }
+    let new_dir = config
+        .spool
+        .dir
+        .join(Route::IncomingEmail.as_str())
+        .join("new");
+    while started.elapsed() < WAIT {
+        if let Some(path) = find_probe(&new_dir, &token, since) {
+            let _ = std::fs::remove_file(&path);
+            let ms = started.elapsed().as_millis();
+            push(
+                report,
+                Level::Ok,
+                format!(
+                    "probe spooled in {ms} ms ({}), then removed",
+                    path.display()
+                ),
+                "",
+            );
+            return;
+        }
+        if let Some(reason) = deferred_reason(postfix, &recipient) {
+            push(
+                report,
+                Level::Error,
+                format!("probe deferred by Postfix: {reason}"),
+                "fix what the reason says, then postqueue -f",
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    push(
+        report,
+        Level::Error,
+        format!(
+            "probe to {} not in the spool after {} s",
+            route.template.address,
+            WAIT.as_secs()
+        ),
+        "look for the probe's queue id in the mail log (status=bounced or deferred)",
+    );
+}
+
+fn push(report: &mut Report, level: Level, message: String, hint: &str) {
+    report.add(level, "probe", "--send-test", message, hint);
+}
+
+fn postfix_dir(postfix: &Postfix) -> Option<PathBuf> {
+    postfix.config_dir().map(Path::to_path_buf)
+}
+
+/// A spooled file newer than `since` whose header carries `token`.
+fn find_probe(dir: &Path, token: &str, since: SystemTime) -> Option<PathBuf> {
+    let needle = format!("X-Mailpipe-Probe: {token}");
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if !recent {
+            continue;
+        }
+        let mut head = vec![0u8; 8192];
+        let n = std::fs::File::open(entry.path())
+            .and_then(|mut f| f.read(&mut head))
+            .unwrap_or(0);
+        if String::from_utf8_lossy(&head[..n]).contains(&needle) {
+            return Some(entry.path());
+        }
+    }
+    None
+}
+
+/// Postfix's delay reason for a queued message to `recipient`, from
+/// `postqueue -j` (one JSON object per queued message).
+fn deferred_reason(postfix: &Postfix, recipient: &str) -> Option<String> {
+    let mut cmd = Command::new("postqueue");
+    if let Some(dir) = postfix_dir(postfix) {
+        cmd.arg("-c").arg(dir);
+    }
+    let out = cmd.arg("-j").output().ok()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        for r in v["recipients"].as_array().into_iter().flatten() {
+            if r["address"].as_str() == Some(recipient)
+                && let Some(reason) = r["delay_reason"].as_str()
+            {
+                return Some(reason.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn rand() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: valid buffer.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    u64::from_ne_bytes(b)
+        ^ SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+}
