@@ -45,7 +45,9 @@ impl fmt::Display for Kind {
 }
 
 /// `FULL_REPLY_KEY_REGEX`: legacy 32 lower-case hex, or the partitioned
-/// base36 form `<partition>-<25 chars>[-<namespace id>]`.
+/// base36 form `<partition>-<25 chars>[-<namespace id>]`. Kept to test
+/// [`is_full_reply_key`] against.
+#[cfg(test)]
 const FULL_REPLY_KEY: &str = r"(?:[a-f0-9]{32}|[0-9a-z]{1,4}-[0-9a-z]{25}(?:-[0-9a-z]{1,13})?)";
 
 fn matches(pattern: &str, key: &str) -> bool {
@@ -54,12 +56,42 @@ fn matches(pattern: &str, key: &str) -> bool {
     Regex::new(pattern).is_ok_and(|re| re.is_match(key))
 }
 
+/// Ruby's `\w+` on ASCII: one or more of `A-Z a-z 0-9 _`.
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `FULL_REPLY_KEY_REGEX`, anchored, without compiling it: 32 lower-case
+/// hex digits, or `[0-9a-z]{1,4}-[0-9a-z]{25}(-[0-9a-z]{1,13})?`.
+fn is_full_reply_key(s: &str) -> bool {
+    let base36 = |p: &str, min: usize, max: usize| {
+        (min..=max).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    };
+    if s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return true;
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    match parts.as_slice() {
+        [p, k] => base36(p, 1, 4) && base36(k, 25, 25),
+        [p, k, n] => base36(p, 1, 4) && base36(k, 25, 25) && base36(n, 1, 13),
+        _ => false,
+    }
+}
+
 /// The handler GitLab would pick for `key`, or `None`.
 pub fn classify(key: &str) -> Option<Kind> {
     let no_slash = !key.contains('/');
 
     // CreateNote: current reply keys; GitLab 11–17 accepted any `\w+`.
-    if matches(&format!(r"^(?:{FULL_REPLY_KEY}|\w+)$"), key) {
+    // The current forms (hex, or base36 parts joined by `-`) that have no
+    // `-` are `\w+` too, so the test without a regex is exact for the
+    // common case and keeps compiling patterns off the hot path.
+    if is_word(key) || is_full_reply_key(key) {
         return Some(Kind::CreateNote);
     }
     // CreateIssue: `<slug>-<id>-<token>-issue` without `/`; legacy
@@ -80,7 +112,10 @@ pub fn classify(key: &str) -> Option<Kind> {
     }
     // Unsubscribe: `<reply key>-unsubscribe`, legacy `+unsubscribe`, and
     // the `\w+` reply keys of GitLab 11–17.
-    if matches(&format!(r"^(?:{FULL_REPLY_KEY}|\w+)[-+]unsubscribe$"), key) {
+    let token = key
+        .strip_suffix("-unsubscribe")
+        .or_else(|| key.strip_suffix("+unsubscribe"));
+    if token.is_some_and(|t| is_word(t) || is_full_reply_key(t)) {
         return Some(Kind::Unsubscribe);
     }
     // CreateMergeRequest: `<slug>-<id>-<token>-merge-request` without `/`;
@@ -104,6 +139,30 @@ pub fn classify(key: &str) -> Option<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written reply-key test agrees with GitLab's regex.
+    #[test]
+    fn full_reply_key_matches_gitlab_regex() {
+        let re = Regex::new(&format!("^{FULL_REPLY_KEY}$")).unwrap();
+        let samples = [
+            "59d8df8370b7e95c5a49fbf86aeb2c93",
+            "59D8df8370b7e95c5a49fbf86aeb2c93",
+            "59d8df8370b7e95c5a49fbf86aeb2c9",
+            "rs-0000000000000000000000abc-rs",
+            "rs-0000000000000000000000abc",
+            "rs-0000000000000000000000ab",
+            "rsrsr-0000000000000000000000abc",
+            "r-0000000000000000000000abc-00000000000000",
+            "r-0000000000000000000000abc-0000000000000",
+            "r-0000000000000000000000Abc",
+            "-0000000000000000000000abc",
+            "a-b-c-d",
+            "",
+        ];
+        for s in samples {
+            assert_eq!(is_full_reply_key(s), re.is_match(s), "{s}");
+        }
+    }
 
     /// The gem's identifier_spec vectors (reference §7.3), plus legacy forms.
     #[test]

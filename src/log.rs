@@ -96,3 +96,56 @@ pub fn send(r: &Record) {
         libc::closelog();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::decide;
+    use crate::status::Status;
+    use std::path::Path;
+
+    #[test]
+    fn the_line_names_everything_but_the_key() {
+        let config = Config::from_text(
+            Path::new("t.toml"),
+            "[incoming_email]\naddress = \"incoming+%{key}@in.example.com\"\n\
+             [gitlab]\nhost = \"gitlab.example.com\"\n[spool]\ndir = \"/tmp\"\n",
+        )
+        .unwrap();
+        let key = "59d8df8370b7e95c5a49fbf86aeb2c93";
+        let envelope = Envelope {
+            sender: Some("jake@example.com".into()),
+            recipients: vec![format!("incoming+{key}@in.example.com")],
+            original_recipients: vec![],
+            queue_id: Some("4XYZ123".into()),
+        };
+        let head = b"Message-ID: <m1@example.com>\nTo: x@y\n\nsecret body text\n";
+        let d = decide(&config, &envelope, head, true);
+        let line = format(&Record {
+            envelope: &envelope,
+            decision: Some(&d),
+            config: Some(&config),
+            size: 42,
+            status: &Status::Accepted,
+            duration: Duration::from_micros(1500),
+        });
+        assert!(
+            line.starts_with("4XYZ123: message-id=<m1@example.com>, sender=<jake@example.com>"),
+            "{line}"
+        );
+        for part in [
+            "size=42",
+            "route=incoming_email",
+            "kind=create_note",
+            "found_in=envelope",
+            "outcome=accept",
+            "duration=1.5ms",
+            "key=fp:",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+        assert!(!line.contains(key), "the key never appears: {line}");
+        assert!(!line.contains("secret body"), "{line}");
+        assert!(line.contains("recipient=<incoming+[fp:"), "{line}");
+    }
+}

@@ -172,9 +172,18 @@ fn split_args(line: &str) -> Vec<String> {
         let mut word = String::new();
         if c == '{' {
             chars.next();
+            // Braces nest, so `{ --sender=${sender} }` is one argument.
+            let mut depth = 1;
             for c in chars.by_ref() {
-                if c == '}' {
-                    break;
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
                 }
                 word.push(c);
             }

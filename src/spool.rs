@@ -20,7 +20,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Route;
@@ -91,25 +91,29 @@ impl fmt::Display for SpoolError {
     }
 }
 
-/// The tmp file being written, for the panic hook and the deadline to
-/// remove. A path, because they run on another stack or thread.
-static IN_FLIGHT: Mutex<Option<CString>> = Mutex::new(None);
+/// The tmp file being written, for the panic hook and the deadline's
+/// signal handler to remove: a leaked C string behind an atomic pointer,
+/// because a signal handler may neither lock nor allocate.
+static IN_FLIGHT: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Removes the tmp file of a delivery that is being abandoned (panic,
-/// deadline). Never blocks: if the lock is held, the 36-hour tmp reaper
-/// of the maildir spec is the fallback.
+/// deadline). Async-signal-safe: one atomic swap and unlink(2).
 pub fn abandon_in_flight() {
-    if let Ok(mut slot) = IN_FLIGHT.try_lock()
-        && let Some(path) = slot.take()
-    {
-        // SAFETY: `path` is a valid NUL-terminated string.
-        unsafe { libc::unlink(path.as_ptr()) };
+    let path = IN_FLIGHT.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    if !path.is_null() {
+        // SAFETY: a pointer from CString::into_raw, never freed while set;
+        // leaked here on purpose (the process is about to exit).
+        unsafe { libc::unlink(path) };
     }
 }
 
 fn set_in_flight(path: Option<CString>) {
-    if let Ok(mut slot) = IN_FLIGHT.lock() {
-        *slot = path;
+    let new = path.map_or(std::ptr::null_mut(), CString::into_raw);
+    let old = IN_FLIGHT.swap(new, Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old` came from CString::into_raw and was swapped out,
+        // so no one else can reach it any more.
+        drop(unsafe { CString::from_raw(old) });
     }
 }
 
@@ -183,6 +187,7 @@ impl Maildir {
             if unsafe { libc::fchmod(fd, FILE_MODE) } != 0 {
                 return Err(pending.io_err("chmod", io::Error::last_os_error()));
             }
+            fault_point("create");
             return Ok(pending);
         }
         Err(self.io(
@@ -611,9 +616,9 @@ fn cstring(s: &str) -> CString {
 }
 
 /// Debug builds only: `MAILPIPE_FAULT=<step>:<action>` stops the commit
-/// sequence at `step` (write, fsync, close, link, unlink, dirsync, done) by
-/// `exit` (75), `panic`, `abort` or `kill` (SIGKILL), for crash-point tests.
-/// Release builds compile this to nothing.
+/// sequence at `step` (create, write, fsync, close, link, unlink, dirsync,
+/// done) by `exit` (75), `panic`, `abort` or `kill` (SIGKILL), for
+/// crash-point tests. Release builds compile this to nothing.
 pub fn fault_point(step: &str) {
     #[cfg(debug_assertions)]
     if let Some(spec) = std::env::var_os("MAILPIPE_FAULT") {

@@ -1181,3 +1181,56 @@ fn corpus_replay_lf_and_crlf() {
     assert_eq!(replayed, files.len());
     assert!(replayed > 0);
 }
+
+// ---- Logging ----------------------------------------------------------------
+
+#[test]
+fn one_syslog_line_per_message_never_the_key() {
+    use std::os::unix::net::UnixDatagram;
+    let dev_log = std::path::Path::new("/dev/log");
+    let s = TestSpool::new("syslog");
+    let msg = message("team@example.com", "");
+    let args = [
+        rcpt(&incoming(REPLY_KEY)),
+        "--queue-id=LOGTEST1".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if dev_log.exists() {
+        // A syslog daemon owns /dev/log here (not on CI); the line goes to
+        // it. The exit status must not depend on logging.
+        expect(&s.deliver(&args, &msg), 0, "");
+        eprintln!("note: /dev/log exists; the log line went to the system syslog");
+        return;
+    }
+    let socket = UnixDatagram::bind(dev_log).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let run = s.deliver(&args, &msg);
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if line.contains("LOGTEST1") {
+            lines.push(line);
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(dev_log);
+    expect(&run, 0, "");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    // <22> = facility mail (2) * 8 + info (6).
+    assert!(line.starts_with("<22>"), "{line}");
+    assert!(line.contains("mailpipe["), "{line}");
+    assert!(
+        line.contains("LOGTEST1: message-id=<CADkmRc+1@mail.example.com>"),
+        "{line}"
+    );
+    assert!(
+        line.contains("outcome=accept") && line.contains("kind=create_note"),
+        "{line}"
+    );
+    assert!(!line.contains(REPLY_KEY), "the key is a credential: {line}");
+    assert!(!line.contains("disagree"), "no body text: {line}");
+}
