@@ -207,6 +207,18 @@ fn check_addresses(config: &Config, report: &mut Report) {
     }
 }
 
+/// The configured incoming domains, lower case, each once.
+fn incoming_domains(config: &Config) -> Vec<String> {
+    let mut domains: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.template.domain().to_ascii_lowercase())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    domains
+}
+
 /// The Slack-verification exploit (GitLab's "Security concerns"): anyone
 /// who can get a mail to a project's address can confirm an account that
 /// trusts "has a mailbox at our domain".
@@ -216,12 +228,7 @@ fn check_security(config: &Config, postfix: &Postfix, report: &mut Report) {
         .param("mydomain")
         .ok()
         .map(|d| d.to_ascii_lowercase());
-    let mut domains: Vec<String> = config
-        .routes
-        .iter()
-        .map(|r| r.template.domain().to_ascii_lowercase())
-        .collect();
-    domains.dedup();
+    let domains = incoming_domains(config);
     let hint = "receive GitLab mail on its own subdomain (incoming.gitlab.example.com) or a dedicated \
                 domain: if the incoming domain is the company's mail domain, an attacker can sign up to a \
                 service that trusts that domain (Slack) with a project's address, and the confirmation \
@@ -677,12 +684,7 @@ fn check_flags(service: &PipeService, subject: &str, report: &mut Report) {
 }
 
 fn check_routing(config: &Config, postfix: &Postfix, name: &str, report: &mut Report) {
-    let mut domains: Vec<String> = config
-        .routes
-        .iter()
-        .map(|r| r.template.domain().to_ascii_lowercase())
-        .collect();
-    domains.dedup();
+    let domains = incoming_domains(config);
     let accepted_in = [
         "relay_domains",
         "mydestination",

@@ -69,7 +69,10 @@ impl Decision {
             key: self.key.as_ref().map(|k| k.as_str().to_string()),
             found_in: self.found_in,
             kind: self.kind.map(Kind::as_str),
-            reason: final_status.reason().to_string(),
+            reason: match final_status {
+                Status::Accepted => "would be spooled".to_string(),
+                other => other.reason().to_string(),
+            },
             prepend: self.prepend.clone(),
         }
     }

@@ -64,14 +64,7 @@ pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -
         }
     }
     let by_address = |name: &'static str| {
-        headers
-            .all(name)
-            .flat_map(|f| {
-                address_list(&f.text())
-                    .into_iter()
-                    .take(MAX_ITEMS_PER_FIELD)
-            })
-            .find_map(|addr| match_routes(config, &addr, name))
+        addresses(headers, name).find_map(|addr| match_routes(config, &addr, name))
     };
     if let Some(found) = by_address("To") {
         return Some(found);
@@ -104,6 +97,19 @@ pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -
         .into_iter()
         .chain(["Cc"])
         .find_map(by_address)
+}
+
+/// The addresses of every field called `name`, in order, at most
+/// `MAX_ITEMS_PER_FIELD` per field.
+fn addresses<'h>(
+    headers: &'h HeaderSection,
+    name: &'static str,
+) -> impl Iterator<Item = String> + 'h {
+    headers.all(name).flat_map(|f| {
+        address_list(&f.text())
+            .into_iter()
+            .take(MAX_ITEMS_PER_FIELD)
+    })
 }
 
 /// Matches one bare address against every configured route.
@@ -282,13 +288,7 @@ pub fn gitlab_key(
     host: &str,
 ) -> Option<(String, &'static str)> {
     let parsed = |name: &'static str| {
-        headers
-            .all(name)
-            .flat_map(|f| {
-                address_list(&f.text())
-                    .into_iter()
-                    .take(MAX_ITEMS_PER_FIELD)
-            })
+        addresses(headers, name)
             .find_map(|a| template.gitlab_key_of(&a).map(|k| (k.to_string(), name)))
     };
     let raw = |name: &'static str| {
