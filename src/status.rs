@@ -147,12 +147,11 @@ pub fn report(status: &Status) {
 /// Keeps `text` to printable ASCII on one line, at most `max` bytes.
 pub fn printable(text: &str, max: usize) -> String {
     text.chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
+        .map(|c| match c {
+            // Line breaks and tabs (a TOML error spans lines) read as spaces.
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
         })
         .take(max)
         .collect()
@@ -211,7 +210,7 @@ mod tests {
 
     #[test]
     fn printable_keeps_one_line() {
-        assert_eq!(printable("a\nb\tc\u{e9}", 10), "a?b?c?");
+        assert_eq!(printable("a\nb\tc\u{e9}\0", 10), "a b c??");
         assert_eq!(printable("abcdef", 3), "abc");
     }
 }
