@@ -31,6 +31,52 @@ pub enum Command {
     /// Check the configuration, the spool and Postfix; run it after every
     /// change. Exit 0 when nothing is an error, 1 otherwise.
     Check(CheckArgs),
+    /// Hand the spooled messages to GitLab's mail_room API (a daemon under
+    /// systemd; `--once` for cron). Exit 1 when it cannot start, or when
+    /// `--once` left a message deferred.
+    Drain(DrainArgs),
+    /// List the spool per route and state, the oldest message's age, and
+    /// deferred and failed messages with their reasons (like `postqueue -p`).
+    Queue(QueueArgs),
+    /// Move failed messages back into the queue (like `postsuper -r`).
+    Requeue(RequeueArgs),
+}
+
+/// Options of `mailpipe drain`.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Try every waiting message once, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Try deferred messages now, ignoring their next-attempt time (like
+    /// `postqueue -f`).
+    #[arg(long)]
+    pub flush: bool,
+}
+
+/// Options of `mailpipe queue`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// Options of `mailpipe requeue`.
+#[derive(Debug, Clone, Args)]
+pub struct RequeueArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Only this route (incoming_email or service_desk_email).
+    #[arg(long, value_name = "ROUTE")]
+    pub route: Option<String>,
+    /// `ALL`, or messages as `mailpipe queue` lists them (route/name).
+    #[arg(required = true, value_name = "MESSAGE")]
+    pub names: Vec<String>,
 }
 
 /// The envelope, from Postfix's macros. Use the `--flag=value` form in

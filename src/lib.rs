@@ -6,8 +6,9 @@
 //!
 //! Layout, top to bottom (dependencies point downward):
 //! - `main.rs`: panic hook, parse, run, exit code;
-//! - commands: [`deliver`] (deliver, explain);
-//! - I/O: [`config`], [`spool`], [`log`];
+//! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
+//!   [`drain`] (drain, queue, requeue);
+//! - I/O: [`config`], [`spool`], [`log`], [`postfix`];
 //! - pure: [`decide`], [`lookup`], [`headers`], [`address`], [`kind`],
 //!   [`status`].
 //!
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod deliver;
+pub mod drain;
 pub mod headers;
 pub mod kind;
 pub mod log;

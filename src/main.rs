@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, Deferral, Status};
-use mailpipe::{check, deliver, spool};
+use mailpipe::{check, deliver, drain, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -34,8 +34,21 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Command::Check(args) => return check::main(&args),
+            Command::Drain(args) => return exit_code(drain::command(&args)),
+            Command::Queue(args) => return exit_code(drain::queue::command(&args)),
+            Command::Requeue(args) => return exit_code(drain::queue::requeue_command(&args)),
         },
     };
     status::report(&status);
     ExitCode::from(status.exit_code())
+}
+
+/// The ordinary exit status of the admin commands (drain, queue, requeue):
+/// they are not run by Postfix.
+fn exit_code(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
