@@ -181,6 +181,7 @@ pub fn run(options: &Options) -> Report {
         .or_else(|| options.user.clone())
         .unwrap_or_else(|| "mailpipe".to_string());
     check_spool(&config, &user, &mut report);
+    check_drain(&config, &mut report);
     if options.send_test {
         crate::probe::send(&config, &postfix, &mut report);
     }
@@ -255,6 +256,42 @@ fn check_security(config: &Config, postfix: &Postfix, report: &mut Report) {
                 &domain,
                 "incoming domain is separate from GitLab's host and $mydomain".into(),
             );
+        }
+    }
+}
+
+/// The drain's side: GitLab's URL and each route's secret file, read the
+/// way the drain (and GitLab) read it. Messages never show the secret.
+fn check_drain(config: &Config, report: &mut Report) {
+    let Some(url) = &config.gitlab_url else {
+        report.warn(
+            "drain",
+            "gitlab.url",
+            "not set: mailpipe drain cannot hand the spool to GitLab".into(),
+            "set gitlab.url to GitLab's external URL, like \"https://gitlab.example.com\"",
+        );
+        return;
+    };
+    report.ok(
+        "drain",
+        "gitlab.url",
+        format!("posts to {url}/api/v4/internal/mail_room/<route>"),
+    );
+    for r in &config.routes {
+        let subject = format!("{}.secret_file", r.route);
+        match crate::drain::auth::Secret::load(r.secret_file.as_deref()) {
+            Ok(_) => report.ok(
+                "drain",
+                &subject,
+                "a 32-byte base64 secret, as GitLab wants".into(),
+            ),
+            Err(e) => report.error(
+                "drain",
+                &subject,
+                e.to_string(),
+                "point it at GitLab's secret file (gitlab.yml secret_file, e.g. \
+                 /var/opt/gitlab/gitlab-rails/.gitlab_mailroom_secret), readable by the drain",
+            ),
         }
     }
 }

@@ -295,6 +295,47 @@ fn broken_configs_and_spools_each_have_their_own_message() {
         c.text
     );
     fs::remove_file(route.join("new")).unwrap();
+    fs::remove_dir_all(&route).unwrap();
+
+    // The drain's settings: GitLab's URL and a secret GitLab would accept.
+    let good_secret = inst.dir.join("etc/mailpipe/good.secret");
+    let bad_secret = inst.dir.join("etc/mailpipe/bad.secret");
+    // base64 of 32 bytes, with the trailing newline `echo` leaves.
+    fs::write(
+        &good_secret,
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    )
+    .unwrap();
+    fs::write(&bad_secret, "c2hvcnQ=\n").unwrap();
+    let with_drain = |secret: &Path| {
+        original
+            .replace("[gitlab]\n", "[gitlab]\nurl = \"http://127.0.0.1:9\"\n")
+            .replace(
+                "[incoming_email]\n",
+                &format!("[incoming_email]\nsecret_file = \"{}\"\n", secret.display()),
+            )
+            .replace(
+                "[service_desk_email]\n",
+                &format!(
+                    "[service_desk_email]\nsecret_file = \"{}\"\n",
+                    secret.display()
+                ),
+            )
+    };
+    fs::write(&inst.config_file, with_drain(&good_secret)).unwrap();
+    let c = check(&inst, &inst.config_file, &[]);
+    assert_eq!(c.code, 0, "{}", c.text);
+    assert!(c.text.contains("32-byte base64 secret"), "{}", c.text);
+    fs::write(&inst.config_file, with_drain(&bad_secret)).unwrap();
+    let c = check(&inst, &inst.config_file, &[]);
+    fs::write(&inst.config_file, &original).unwrap();
+    assert_eq!(c.code, 1, "{}", c.text);
+    assert!(
+        errors(&c).iter().any(|l| l.contains("secret_file")),
+        "{}",
+        c.text
+    );
+    assert!(!c.text.contains("c2hvcnQ"), "never the secret: {}", c.text);
 
     // The security warning: the incoming domain is GitLab's own domain.
     let text = original.replace(
