@@ -283,7 +283,10 @@ mod tests {
         else {
             panic!()
         };
-        assert!(why.contains("too large") && why.contains("second line"), "{why}");
+        assert!(
+            why.contains("too large") && why.contains("second line"),
+            "{why}"
+        );
         assert!(!why.contains('\n'), "{why}");
         let Verdict::Retry(why) = classify(&status(500, &"x".repeat(5000))) else {
             panic!()
