@@ -571,7 +571,7 @@ fn check_postfix(
             "postfix",
             "master.cf",
             "no pipe(8) service runs mailpipe deliver".into(),
-            "paste the mailpipe service from postfix/master.cf and run postfix reload",
+            "paste the mailpipe service from /usr/share/mailpipe/postfix/master.cf (postfix/ in the source) and run postfix reload",
         );
         return None;
     };
