@@ -8,7 +8,8 @@
 //! limit could kill us (which Postfix would turn into a bounce).
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use crate::cli::EnvelopeArgs;
 use crate::config::Config;
@@ -133,32 +134,63 @@ fn mbox_from_line(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// Starts the deadline: after `secs`, a watchdog thread removes the tmp
-/// file, reports 4.4.7 and exits 75, whatever the main thread is blocked in.
-///
-/// A thread, not SIGALRM: a signal handler runs only once the blocked
-/// system call returns, and a killable wait (an fsync on a hung NFS server)
-/// is not interrupted by a non-fatal signal, while `_exit` from another
-/// thread kills it. The thread costs tens of microseconds per delivery.
+/// Seconds between mailpipe's own deadline and the SIGKILL fallback.
+const KILL_GRACE_SECS: u64 = 2;
+
+/// The deadline's report line, prepared before the alarm can fire: a
+/// signal handler may not allocate.
+static DEADLINE_LINE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static DEADLINE_LEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_deadline(_signal: libc::c_int) {
+    spool::abandon_in_flight();
+    let (ptr, len) = (
+        DEADLINE_LINE.load(Ordering::SeqCst),
+        DEADLINE_LEN.load(Ordering::SeqCst),
+    );
+    if !ptr.is_null() {
+        // SAFETY: a leaked, never-freed buffer of `len` bytes.
+        write_raw(1, unsafe { std::slice::from_raw_parts(ptr, len) });
+    }
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(75) }
+}
+
+/// Starts the deadline. After `secs`, SIGALRM's handler removes the tmp
+/// file, reports 4.4.7 and exits 75; it runs as soon as the blocked system
+/// call returns (a read from a stalled pipe returns at once). A killable
+/// wait, such as an fsync on a hung NFS server, is not interrupted by a
+/// handled signal, so a POSIX timer sends SIGKILL `KILL_GRACE_SECS` later:
+/// death by a signal makes Postfix defer too, well before its own time
+/// limit would kill us and bounce. Signals, not a watchdog thread: a thread
+/// costs more than the rest of a small delivery behind Postfix.
 fn start_deadline(secs: u64) {
-    let spawned = std::thread::Builder::new()
-        .name("deadline".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            std::thread::sleep(Duration::from_secs(secs));
-            spool::abandon_in_flight();
-            let line = format!(
-                "4.4.7 mailpipe: deadline of {secs}s (limits.deadline_secs) exceeded; message \
-                 deferred\n"
-            );
-            write_raw(1, line.as_bytes());
-            // SAFETY: _exit skips destructors, which the blocked main
-            // thread may be using.
-            unsafe { libc::_exit(75) }
-        });
-    // Without a watchdog Postfix's own time limit still applies; a failed
-    // spawn is not worth deferring every message for.
-    drop(spawned);
+    let line = format!(
+        "4.4.7 mailpipe: deadline of {secs}s (limits.deadline_secs) exceeded; message deferred\n"
+    );
+    let leaked: &'static mut [u8] = Box::leak(line.into_bytes().into_boxed_slice());
+    DEADLINE_LEN.store(leaked.len(), Ordering::SeqCst);
+    DEADLINE_LINE.store(leaked.as_mut_ptr(), Ordering::SeqCst);
+    let to_time = |s: u64| libc::time_t::try_from(s).unwrap_or(libc::time_t::MAX);
+    // SAFETY: a handler that only makes async-signal-safe calls, and a
+    // timer whose id we keep for the life of the process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_deadline as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+        libc::alarm(u32::try_from(secs).unwrap_or(u32::MAX));
+
+        let mut event: libc::sigevent = std::mem::zeroed();
+        event.sigev_notify = libc::SIGEV_SIGNAL;
+        event.sigev_signo = libc::SIGKILL;
+        let mut timer: libc::timer_t = std::mem::zeroed();
+        if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0 {
+            let mut when: libc::itimerspec = std::mem::zeroed();
+            when.it_value.tv_sec = to_time(secs.saturating_add(KILL_GRACE_SECS));
+            libc::timer_settime(timer, 0, &when, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Runs `mailpipe deliver`: the Status to exit with.

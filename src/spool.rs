@@ -135,7 +135,8 @@ impl Maildir {
         let route_fd = ensure_dir(&root_fd, root, route.as_str())?;
         let tmp = ensure_dir(&route_fd, &path, "tmp")?;
         let new = ensure_dir(&route_fd, &path, "new")?;
-        ensure_dir(&route_fd, &path, "cur")?;
+        // cur/ is the reader's; it must exist (maildir(5)), nothing more.
+        ensure_exists(&route_fd, &path, "cur")?;
         Ok(Maildir { path, tmp, new })
     }
 
@@ -180,6 +181,7 @@ impl Maildir {
                 file: Some(file),
                 name,
                 linked: None,
+                tmp_gone: false,
                 written: 0,
             };
             // The umask must not decide who can read the spool.
@@ -215,6 +217,8 @@ pub struct Pending<'m> {
     /// The name in `new/` once linked, so a failure after the link can
     /// take it back.
     linked: Option<String>,
+    /// The tmp name is already unlinked (after a commit).
+    tmp_gone: bool,
     written: u64,
 }
 
@@ -392,6 +396,7 @@ impl Pending<'_> {
         if unsafe { libc::unlinkat(self.maildir.tmp.as_raw_fd(), tmp_name.as_ptr(), 0) } != 0 {
             return Err(self.io_err("unlink", io::Error::last_os_error()));
         }
+        self.tmp_gone = true;
         set_in_flight(None);
         fault_point("dirsync");
         // SAFETY: valid fd.
@@ -422,7 +427,9 @@ impl Drop for Pending<'_> {
         // SAFETY: valid dirfds and names; errors are ignored on purpose:
         // this is cleanup after a failure that is already being reported.
         unsafe {
-            libc::unlinkat(self.maildir.tmp.as_raw_fd(), tmp.as_ptr(), 0);
+            if !self.tmp_gone {
+                libc::unlinkat(self.maildir.tmp.as_raw_fd(), tmp.as_ptr(), 0);
+            }
             if let Some(linked) = &self.linked {
                 let new = cstring(linked);
                 libc::unlinkat(self.maildir.new.as_raw_fd(), new.as_ptr(), 0);
@@ -530,12 +537,59 @@ fn ensure_dir(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedF
     let fd = open_dir(Some(parent), Path::new(name), false).map_err(|e| io_err("open", e))?;
     // SAFETY: valid fds.
     unsafe {
-        libc::fchmod(fd.as_raw_fd(), DIR_MODE);
+        libc::fchmod(fd.as_raw_fd(), dir_mode_below(parent));
         if libc::fsync(parent.as_raw_fd()) != 0 {
             return Err(io_err("fsync", io::Error::last_os_error()));
         }
     }
     Ok(fd)
+}
+
+/// The mode for a folder created in `parent`: 0770, keeping the setgid bit
+/// a setgid parent passes on (the packages make the route folders setgid
+/// so that the drain's group owns everything below them).
+fn dir_mode_below(parent: &OwnedFd) -> libc::mode_t {
+    // SAFETY: fstat fills a zeroed struct for a valid fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let setgid = if unsafe { libc::fstat(parent.as_raw_fd(), &mut st) } == 0 {
+        st.st_mode & libc::S_ISGID
+    } else {
+        0
+    };
+    DIR_MODE | setgid
+}
+
+/// Makes sure `parent/name` exists, creating it like [`ensure_dir`] but
+/// without opening it: one mkdirat(2) when it is already there.
+fn ensure_exists(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<(), SpoolError> {
+    let c = cstring(name);
+    // SAFETY: valid dirfd and name.
+    if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), DIR_MODE) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
+            return Ok(());
+        }
+        return Err(SpoolError::Io {
+            op: "mkdir",
+            path: parent_path.join(name),
+            err,
+        });
+    }
+    // Created now: the mode must not depend on the umask, and the entry
+    // must survive a crash.
+    // SAFETY: valid dirfd and name.
+    unsafe {
+        libc::fchmodat(parent.as_raw_fd(), c.as_ptr(), dir_mode_below(parent), 0);
+        if libc::fsync(parent.as_raw_fd()) != 0 {
+            let err = io::Error::last_os_error();
+            return Err(SpoolError::Io {
+                op: "fsync",
+                path: parent_path.to_path_buf(),
+                err,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A Maildir name that no other delivery can produce: seconds, then

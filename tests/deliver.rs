@@ -256,6 +256,17 @@ fn row_missing_route_folders_are_created() {
         assert!(m.is_dir());
         assert_eq!(m.permissions().mode() & 0o777, 0o770, "{sub}");
     }
+    // Below a setgid route folder (as the packages make it), the setgid bit
+    // is kept, so the drain's group owns everything.
+    let s = TestSpool::new("row-mkdir-setgid");
+    let route = s.root.join(IE);
+    std::fs::create_dir(&route).unwrap();
+    std::fs::set_permissions(&route, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    expect(&s.deliver(&[&rcpt(&incoming(REPLY_KEY))], &msg), 0, "");
+    for sub in ["tmp", "new", "cur"] {
+        let m = std::fs::metadata(route.join(sub)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o2770, "{sub}");
+    }
 }
 
 #[test]
