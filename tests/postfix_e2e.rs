@@ -869,10 +869,10 @@ fn large_8bit_crlf_message_arrives_intact() {
     let mut i = 0usize;
     while msg.len() < 20 * 1024 * 1024 {
         i += 1;
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             msg.extend_from_slice(specials[(i / 97) % specials.len()]);
         } else {
-            let len = if i % 501 == 0 {
+            let len = if i.is_multiple_of(501) {
                 5000 + (next() % 3000) as usize
             } else {
                 (next() % 200) as usize
