@@ -704,8 +704,13 @@ fn slow_fsync_hits_the_deadline() {
     let mut tracee = None;
     let mut killed_at = None;
     while started.elapsed() < Duration::from_secs(12) {
+        // Only mailpipe itself counts: strace's first child can be a
+        // short-lived process that has not exec'd mailpipe yet.
         if tracee.is_none() {
-            tracee = child_of(strace_pid);
+            tracee = child_of(strace_pid).filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "mailpipe")
+            });
         }
         if let Some(pid) = tracee
             && sigkill_pending_or_dead(pid)
