@@ -387,6 +387,7 @@ fn check_route_dirs(root: &Path, route: Route, account: &Account, report: &mut R
         }
         return;
     }
+    let errors_before = report.errors;
     let mut devices = Vec::new();
     for sub in ["", "tmp", "new", "cur"] {
         let path = if sub.is_empty() {
@@ -469,11 +470,13 @@ fn check_route_dirs(root: &Path, route: Route, account: &Account, report: &mut R
             ),
         );
     }
-    report.ok(
-        "spool",
-        &subject,
-        format!("{} usable by {}", dir.display(), account.name),
-    );
+    if report.errors == errors_before {
+        report.ok(
+            "spool",
+            &subject,
+            format!("{} usable by {}", dir.display(), account.name),
+        );
+    }
 }
 
 fn stale_tmp_files(tmp: &Path) -> usize {
@@ -865,24 +868,26 @@ struct Account {
 }
 
 impl Account {
+    /// Asks id(1) rather than calling getpwnam(3) in this process: id
+    /// sees every NSS source the system is set up with (LDAP, sssd,
+    /// systemd), and a statically linked mailpipe must not load NSS
+    /// modules itself.
     fn lookup(name: &str) -> Option<Account> {
-        let c = CString::new(name).ok()?;
-        // SAFETY: getpwnam returns a pointer to static storage or null.
-        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-        if pw.is_null() {
-            return None;
-        }
-        // SAFETY: non-null result of getpwnam.
-        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-        let mut groups = vec![0 as libc::gid_t; 256];
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: valid buffer of n entries.
-        let rc = unsafe { libc::getgrouplist(c.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        let gids = if rc >= 0 {
-            groups[..n as usize].to_vec()
-        } else {
-            vec![gid]
+        let id = |flag: &str| -> Option<Vec<u32>> {
+            let out = std::process::Command::new("id")
+                .args([flag, "--", name])
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(|n| n.parse().ok())
+                .collect()
         };
+        let uid = *id("-u")?.first()?;
+        let gids = id("-G")?;
         Some(Account {
             name: name.to_string(),
             uid,

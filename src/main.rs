@@ -34,13 +34,36 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Command::Check(args) => return check::main(&args),
-            Command::Drain(args) => return exit_code(drain::command(&args)),
+            Command::Drain(args) => {
+                restrict_nss_when_static();
+                return exit_code(drain::command(&args));
+            }
             Command::Queue(args) => return exit_code(drain::queue::command(&args)),
             Command::Requeue(args) => return exit_code(drain::queue::requeue_command(&args)),
         },
     };
     status::report(&status);
     ExitCode::from(status.exit_code())
+}
+
+/// In a statically linked build, keeps glibc from loading NSS modules
+/// (libnss_systemd, libnss_mdns, …) into the process, which crashes a
+/// static binary: host names are looked up in /etc/hosts and DNS only,
+/// through the sources built into libc. Dynamic builds follow the system's
+/// nsswitch.conf unchanged.
+fn restrict_nss_when_static() {
+    #[cfg(target_feature = "crt-static")]
+    {
+        unsafe extern "C" {
+            // glibc's <nss.h>.
+            fn __nss_configure_lookup(db: *const libc::c_char, line: *const libc::c_char) -> i32;
+        }
+        // SAFETY: two NUL-terminated static strings; called before any
+        // thread starts.
+        unsafe {
+            __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
+        }
+    }
 }
 
 /// The ordinary exit status of the admin commands (drain, queue, requeue):
