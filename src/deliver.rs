@@ -4,7 +4,7 @@
 //! Must not: hold any secret, talk to GitLab, or exit by itself: it returns
 //! a `Status` and `main.rs` turns it into the exit code.
 //! Fails: every failure is a `Status::Deferred` unless `decide` or the size
-//! limit made it a final answer. A watchdog defers before Postfix's time
+//! limit made it a final answer. A deadline (SIGALRM, then SIGKILL) defers before Postfix's time
 //! limit could kill us (which Postfix would turn into a bounce).
 
 use std::io::Write;
