@@ -463,7 +463,7 @@ fn check_route_dirs(root: &Path, route: Route, account: &Account, report: &mut R
         report.warn(
             "spool",
             &subject,
-            format!("{stale} file(s) in tmp/ are older than 36 hours (killed deliveries)"),
+            format!("{stale} file(s) in tmp/ are older than 36 hours (killed deliveries; a running drain removes them)"),
             &format!(
                 "remove them: find {} -type f -mmin +2160 -delete",
                 dir.join("tmp").display()

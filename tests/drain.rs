@@ -493,6 +493,31 @@ fn orphans_in_work_are_put_back_but_a_live_claim_is_left_alone() {
     drop(held);
 }
 
+/// Files a killed delivery left in the Maildir's tmp/ are removed after 36
+/// hours (maildir spec; reliability rule R15); younger ones are left alone.
+#[test]
+fn abandoned_tmp_files_are_removed_after_36_hours() {
+    let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
+    let f = Fixture::new("tmp-reaper", &gitlab.url(), "");
+    assert!(f.run(&["queue"]).status.success());
+    let tmp = f.folder(INCOMING, "tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let (old, young) = (tmp.join("1.M1P1.old"), tmp.join("2.M2P2.young"));
+    fs::write(&old, b"partial").unwrap();
+    fs::write(&young, b"being written").unwrap();
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(37 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let out = f.run(&["drain", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!old.exists(), "a 37-hour-old tmp file is removed");
+    assert!(young.exists(), "a fresh tmp file is a delivery in progress");
+}
+
 #[test]
 fn oldest_first_across_routes() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);

@@ -63,6 +63,11 @@ const MAX_STATE_BYTES: u64 = 64 * 1024;
 /// Leftover temporary sidecars (a drain died while writing one) older than
 /// this are removed by [`RouteSpool::recover`].
 const STALE_TMP: Duration = Duration::from_secs(3600);
+/// Files in the Maildir's `tmp/` older than this were left by a delivery
+/// that died (killed by a signal, or by mailpipe's own SIGKILL fallback);
+/// the maildir spec lets readers delete them after 36 hours. A live
+/// delivery is never that old: `deliver` gives up after its deadline.
+const ABANDONED_DELIVERY: Duration = Duration::from_secs(36 * 3600);
 /// Maildir info suffix for `cur/`: version 2, flag Seen (what mail_room
 /// left on a delivered IMAP message).
 const SEEN_SUFFIX: &str = ":2,S";
@@ -414,27 +419,12 @@ impl RouteSpool {
     }
 
     fn remove_stale_tmp(&self) {
-        let dir = self.dir.join(STATE_DIR);
-        let Ok(reader) = fs::read_dir(&dir) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for item in reader.flatten() {
-            let name = item.file_name();
-            let name = name.as_bytes();
-            if !(name.starts_with(b".") && name.ends_with(b".tmp")) {
-                continue;
-            }
-            let old = item
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age > STALE_TMP);
-            if old {
-                let _ = fs::remove_file(item.path());
-            }
-        }
+        // Our own half-written sidecars.
+        remove_older_than(&self.dir.join(STATE_DIR), STALE_TMP, |name| {
+            name.starts_with(b".") && name.ends_with(b".tmp")
+        });
+        // Deliveries that died in tmp/ (maildir spec; rule R15).
+        remove_older_than(&self.dir.join("tmp"), ABANDONED_DELIVERY, |_| true);
     }
 
     /// Moves `name` from `failed/` back to `new/` with a clean slate (its
@@ -579,6 +569,32 @@ impl Drop for Claim<'_> {
 }
 
 /// Opens a message read-only without following a symbolic link.
+/// Removes the regular files of `dir` whose name passes `wanted` and whose
+/// modification time is more than `age` ago. Best effort: a file that
+/// cannot be removed is left for the next pass.
+fn remove_older_than(dir: &Path, age: Duration, wanted: impl Fn(&[u8]) -> bool) {
+    let Ok(reader) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for item in reader.flatten() {
+        let name = item.file_name();
+        if !wanted(name.as_bytes()) {
+            continue;
+        }
+        let old = item
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old {
+            let _ = fs::remove_file(item.path());
+        }
+    }
+}
+
 fn open_message(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
