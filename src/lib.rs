@@ -31,5 +31,6 @@ pub mod log;
 pub mod lookup;
 pub mod postfix;
 pub mod probe;
+pub mod random;
 pub mod spool;
 pub mod status;

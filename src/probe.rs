@@ -33,7 +33,7 @@ pub fn send(config: &Config, postfix: &Postfix, report: &mut Report) {
         );
         return;
     };
-    let token = format!("{:016x}{:016x}", rand(), rand());
+    let token = format!("{:016x}{:016x}", crate::random::u64(), crate::random::u64());
     // A 32-hex reply key: valid for mailpipe, never issued by GitLab.
     let Some(key) = crate::address::Key::new(&token) else {
         return;
@@ -181,15 +181,4 @@ fn deferred_reason(postfix: &Postfix, recipient: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn rand() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: valid buffer.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-    u64::from_ne_bytes(b)
-        ^ SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64
 }

@@ -614,26 +614,10 @@ pub fn unique_name(queue_id: Option<&str>) -> String {
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
-        random_u64(),
+        crate::random::u64(),
         queue,
         host_name()
     )
-}
-
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: valid buffer; getrandom(2) without flags blocks only before
-    // the pool is initialised at boot.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != 8 {
-        // Uniqueness then rests on time and pid plus the address of a
-        // stack variable; EEXIST retries cover the rest.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        return now.as_nanos() as u64 ^ (&bytes as *const _ as u64);
-    }
-    u64::from_ne_bytes(bytes)
 }
 
 /// This host's name, with `/` and `:` escaped as the maildir spec asks.

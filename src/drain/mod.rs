@@ -517,7 +517,7 @@ fn report_recovery(journal: &Journal, route: Route, (count, problems): (usize, V
 /// token for this attempt.
 fn sign(route: &RouteContext, now: u64) -> Result<String, auth::AuthError> {
     let secret = Secret::load(route.secret_file.as_deref())?;
-    secret.token(now, &auth::nonce(random_bytes::<12>()))
+    secret.token(now, &auth::nonce(crate::random::bytes::<12>()))
 }
 
 fn quote(text: &str) -> String {
@@ -802,30 +802,7 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Random bytes from getrandom(2); on failure (never on Linux ≥ 3.17 after
-/// boot), a mix of time and address bits: nonces and jitter need to
-/// differ, not to be secret.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    // SAFETY: valid, writable buffer of N bytes.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
-    if usize::try_from(n).ok() != Some(N) {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()) as u64
-            ^ (&bytes as *const _ as u64);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed.rotate_left((i as u32 * 8) % 64) & 0xff) as u8;
-        }
-    }
-    bytes
-}
-
-pub(crate) fn random_u64() -> u64 {
-    u64::from_ne_bytes(random_bytes::<8>())
-}
-
 /// A random number in `[0, 1)`.
 fn random_unit() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+    (crate::random::u64() >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -329,7 +329,7 @@ impl RouteSpool {
         let tmp = dir.join(format!(
             ".{name}.{}.{:016x}.tmp",
             std::process::id(),
-            super::random_u64()
+            crate::random::u64()
         ));
         let path = self.state_path(name);
         let result = (|| {
