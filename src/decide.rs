@@ -27,6 +27,8 @@ pub struct Decision {
     /// A `Delivered-To:` line (without line ending) to put on top of the
     /// stored copy, when GitLab would otherwise miss the key.
     pub prepend: Option<String>,
+    /// The message's first line ends in CRLF; a prepended line copies it.
+    pub crlf: bool,
     /// Set when GitLab's receiver will read a different key from the stored
     /// copy's To or References than the one mailpipe routed by.
     pub gitlab_sees_other_key: bool,
@@ -47,9 +49,12 @@ pub struct Explanation {
 }
 
 impl Decision {
-    fn refuse(status: Status) -> Decision {
+    /// A decision that stops before any key is known (also what `explain`
+    /// reports when the config or stdin failed).
+    pub fn refuse(status: Status) -> Decision {
         Decision {
             status,
+            crlf: false,
             route: None,
             key: None,
             kind: None,
@@ -126,6 +131,7 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         kind,
         found_in: Some(found.found_in),
         prepend: None,
+        crlf: headers.crlf,
         gitlab_sees_other_key: false,
         message_id,
     };

@@ -244,11 +244,7 @@ fn store(config: &Config, envelope: &Envelope, decision: &Decision, head: &Head)
         let mut pending = maildir.create(envelope.queue_id.as_deref())?;
         let mut extra = 0u64;
         if let Some(line) = &decision.prepend {
-            let eol: &[u8] = if head_is_crlf(head.message()) {
-                b"\r\n"
-            } else {
-                b"\n"
-            };
+            let eol: &[u8] = if decision.crlf { b"\r\n" } else { b"\n" };
             pending.write_all(line.as_bytes())?;
             pending.write_all(eol)?;
             extra = pending.written();
@@ -270,14 +266,6 @@ fn store(config: &Config, envelope: &Envelope, decision: &Decision, head: &Head)
         Ok(size) => (Status::Accepted, size),
         Err(e) => (spool_status(&e), 0),
     }
-}
-
-/// True when the message's first line ends in CRLF.
-fn head_is_crlf(message: &[u8]) -> bool {
-    message
-        .iter()
-        .position(|&b| b == b'\n')
-        .is_some_and(|i| i > 0 && message[i - 1] == b'\r')
 }
 
 /// Maps a spool failure to what Postfix must do.
@@ -311,19 +299,8 @@ pub fn explain(args: &EnvelopeArgs) -> Status {
             }
         },
     };
-    let json = match &decision {
-        Some(d) => serde_json::to_string(&d.explain(&status)),
-        None => serde_json::to_string(&decide::Explanation {
-            action: status.action(),
-            exit_code: status.exit_code(),
-            route: None,
-            key: None,
-            found_in: None,
-            kind: None,
-            reason: status.reason().to_string(),
-            prepend: None,
-        }),
-    };
+    let decision = decision.unwrap_or_else(|| Decision::refuse(status.clone()));
+    let json = serde_json::to_string(&decision.explain(&status));
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json.unwrap_or_else(|_| "{}".into()));
     let _ = out.flush();
