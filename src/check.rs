@@ -785,10 +785,7 @@ fn domain_listed(postfix: &Postfix, param: &str, domain: &str) -> bool {
         .filter(|e| !e.is_empty())
         .any(|entry| {
             if entry.contains(':') && !entry.starts_with('/') {
-                let out = std::process::Command::new("postmap")
-                    .args(["-q", domain, entry])
-                    .output();
-                out.is_ok_and(|o| o.status.success())
+                postfix.query(entry, domain).is_ok_and(|v| v.is_some())
             } else {
                 entry.eq_ignore_ascii_case(domain)
             }

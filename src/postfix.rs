@@ -109,21 +109,29 @@ impl Postfix {
     pub fn transport_for(&self, domain: &str) -> Result<Option<String>, PostfixError> {
         let maps = self.param("transport_maps")?;
         for map in maps.split([',', ' ', '\t']).filter(|m| !m.is_empty()) {
-            let out = Command::new("postmap")
-                .args(
-                    self.config_dir
-                        .iter()
-                        .flat_map(|d| [Path::new("-c"), d.as_path()]),
-                )
-                .args(["-q", domain, map])
-                .output()
-                .map_err(|e| PostfixError::Failed(e.to_string()))?;
-            if out.status.success() {
-                let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if let Some(value) = self.query(map, domain)? {
                 return Ok(Some(value));
             }
         }
         Ok(None)
+    }
+
+    /// Looks `key` up in the lookup table `table` (like `hash:/etc/…`) with
+    /// `postmap -q`, as this instance would.
+    pub fn query(&self, table: &str, key: &str) -> Result<Option<String>, PostfixError> {
+        let out = Command::new("postmap")
+            .args(
+                self.config_dir
+                    .iter()
+                    .flat_map(|d| [Path::new("-c"), d.as_path()]),
+            )
+            .args(["-q", key, table])
+            .output()
+            .map_err(|e| PostfixError::Failed(e.to_string()))?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
     }
 }
 
