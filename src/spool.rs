@@ -526,23 +526,8 @@ fn ensure_dir(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedF
         // ELOOP / ENOTDIR: a symbolic link or a file where a folder belongs.
         Err(e) => return Err(io_err("open", e)),
     }
-    let c = cstring(name);
-    // SAFETY: valid dirfd and name.
-    if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), DIR_MODE) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(io_err("mkdir", err));
-        }
-    }
-    let fd = open_dir(Some(parent), Path::new(name), false).map_err(|e| io_err("open", e))?;
-    // SAFETY: valid fds.
-    unsafe {
-        libc::fchmod(fd.as_raw_fd(), dir_mode_below(parent));
-        if libc::fsync(parent.as_raw_fd()) != 0 {
-            return Err(io_err("fsync", io::Error::last_os_error()));
-        }
-    }
-    Ok(fd)
+    ensure_exists(parent, parent_path, name)?;
+    open_dir(Some(parent), Path::new(name), false).map_err(|e| io_err("open", e))
 }
 
 /// The mode for a folder created in `parent`: 0770, keeping the setgid bit
@@ -559,8 +544,9 @@ fn dir_mode_below(parent: &OwnedFd) -> libc::mode_t {
     DIR_MODE | setgid
 }
 
-/// Makes sure `parent/name` exists, creating it like [`ensure_dir`] but
-/// without opening it: one mkdirat(2) when it is already there.
+/// Makes sure `parent/name` exists without opening it: one mkdirat(2) when
+/// it is already there; a folder made now gets mode 0770 (setgid kept, see
+/// [`dir_mode_below`]) and its parent is fsynced so it survives a crash.
 fn ensure_exists(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<(), SpoolError> {
     let c = cstring(name);
     // SAFETY: valid dirfd and name.
