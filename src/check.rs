@@ -6,15 +6,13 @@
 //! only write is `--send-test`'s probe message, submitted through Postfix.
 //! Fails: never; a check that cannot run is itself a finding.
 
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::{Config, DEFAULT_PATH, Route};
+use crate::config::{Config, DEFAULT_PATH};
 use crate::postfix::{PipeService, Postfix, PostfixError};
 
 /// How bad a finding is; any `Error` makes `check` exit 1.
@@ -296,58 +294,9 @@ fn check_drain(config: &Config, report: &mut Report) {
     }
 }
 
+/// The spool steps (src/spool_check.rs), as the spool's owner when run as
+/// root: root never works on the spool as root.
 fn check_spool(config: &Config, user: &str, report: &mut Report) {
-    let root = &config.spool.dir;
-    let subject = "spool.dir";
-    let meta = match std::fs::metadata(root) {
-        Ok(m) if m.is_dir() => m,
-        Ok(_) => {
-            report.error(
-                "spool",
-                subject,
-                format!("{} is not a directory", root.display()),
-                "point spool.dir at a directory",
-            );
-            return;
-        }
-        Err(e) => {
-            report.error(
-                "spool",
-                subject,
-                format!(
-                    "{} is missing ({e}); deliver defers every message",
-                    root.display()
-                ),
-                &format!("mkdir -m 0750 {0} && chown {user}: {0}", root.display()),
-            );
-            return;
-        }
-    };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o002 != 0 {
-        report.error(
-            "spool",
-            subject,
-            format!("{} is world-writable (mode {mode:04o})", root.display()),
-            &format!("chmod o-rwx {}", root.display()),
-        );
-    } else if mode & 0o004 != 0 {
-        report.warn(
-            "spool",
-            subject,
-            format!(
-                "{} is world-readable (mode {mode:04o}): mail holds users' keys",
-                root.display()
-            ),
-            &format!("chmod o-rwx {}", root.display()),
-        );
-    } else {
-        report.ok(
-            "spool",
-            subject,
-            format!("{} exists, mode {mode:04o}", root.display()),
-        );
-    }
     let Some(account) = Account::lookup(user) else {
         report.error(
             "spool",
@@ -357,175 +306,30 @@ fn check_spool(config: &Config, user: &str, report: &mut Report) {
         );
         return;
     };
-    for route in config.routes.iter().map(|r| r.route) {
-        check_route_dirs(root, route, &account, report);
-    }
-    check_space(config, report);
-}
-
-fn check_route_dirs(root: &Path, route: Route, account: &Account, report: &mut Report) {
-    let dir = root.join(route.as_str());
-    let subject = format!("spool {route}");
-    if !dir.exists() {
-        if account.can_write(root) {
-            report.ok(
-                "spool",
-                &subject,
-                format!("{} will be created by the first delivery", dir.display()),
-            );
-        } else {
-            report.error(
-                "spool",
-                &subject,
-                format!(
-                    "{} is missing and {} cannot create it",
-                    dir.display(),
-                    account.name
-                ),
-                &format!("chown {}: {}", account.name, root.display()),
-            );
-        }
-        return;
-    }
-    let errors_before = report.errors;
-    let mut devices = Vec::new();
-    for sub in ["", "tmp", "new", "cur"] {
-        let path = if sub.is_empty() {
-            dir.clone()
-        } else {
-            dir.join(sub)
-        };
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => report.error(
-                "spool",
-                &subject,
-                format!(
-                    "{} is a symbolic link; deliver never follows one",
-                    path.display()
-                ),
-                "replace it with a real directory on the spool's file system",
-            ),
-            Ok(m) if m.is_dir() => {
-                devices.push(m.dev());
-                if !account.can_write(&path) {
-                    report.error(
-                        "spool",
-                        &subject,
-                        format!("{} is not writable by {}", path.display(), account.name),
-                        &format!(
-                            "chown {0}: {1} && chmod 0770 {1}",
-                            account.name,
-                            path.display()
-                        ),
-                    );
-                }
-            }
-            Ok(_) => report.error(
-                "spool",
-                &subject,
-                format!("{} is not a directory", path.display()),
-                "remove it",
-            ),
-            Err(_) if sub.is_empty() => {}
-            Err(_) => {
-                if !account.can_write(&dir) {
-                    report.error(
-                        "spool",
-                        &subject,
-                        format!(
-                            "{} is missing and {} cannot create it",
-                            path.display(),
-                            account.name
-                        ),
-                        &format!(
-                            "mkdir -m 0770 {0} && chown {1}: {0}",
-                            path.display(),
-                            account.name
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    if devices.windows(2).any(|w| w[0] != w[1]) {
-        report.error(
-            "spool",
-            &subject,
-            format!(
-                "{} spans file systems; link(2) from tmp/ to new/ fails (EXDEV)",
-                dir.display()
-            ),
-            "keep tmp/, new/ and cur/ on one file system",
-        );
-    }
-    let stale = stale_tmp_files(&dir.join("tmp"));
-    if stale > 0 {
-        report.warn(
-            "spool",
-            &subject,
-            format!("{stale} file(s) in tmp/ are older than 36 hours (killed deliveries; a running drain removes them)"),
-            &format!(
-                "remove them: find {} -type f -mmin +2160 -delete",
-                dir.join("tmp").display()
-            ),
-        );
-    }
-    if report.errors == errors_before {
-        report.ok(
-            "spool",
-            &subject,
-            format!("{} usable by {}", dir.display(), account.name),
-        );
-    }
-}
-
-fn stale_tmp_files(tmp: &Path) -> usize {
-    let cutoff = SystemTime::now() - Duration::from_secs(36 * 3600);
-    std::fs::read_dir(tmp)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| {
-                    e.metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t < cutoff)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-fn check_space(config: &Config, report: &mut Report) {
-    let Ok(c) = CString::new(config.spool.dir.to_string_lossy().as_bytes()) else {
-        return;
+    let deliver = crate::spool_check::DeliverAccount {
+        name: account.name.clone(),
+        uid: account.uid,
+        gids: account.gids.clone(),
     };
-    // SAFETY: zeroed statvfs is valid; valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return;
-    }
-    let free = st.f_bavail as u64 * st.f_frsize as u64;
-    let want = 2 * config.limits.max_message_bytes;
-    if free < want {
-        report.error(
+    match crate::privilege::as_spool_owner(&config.spool.dir, || {
+        crate::spool_check::check(config, &deliver)
+    }) {
+        Ok(findings) => {
+            for f in findings {
+                let level = match f.level.as_str() {
+                    "ok" => Level::Ok,
+                    "warning" => Level::Warning,
+                    _ => Level::Error,
+                };
+                report.add(level, "spool", &f.subject, f.message, &f.hint);
+            }
+        }
+        Err(why) => report.error(
             "spool",
-            "free space",
-            format!(
-                "{} MiB free, less than two maximal messages ({} MiB)",
-                free >> 20,
-                want >> 20
-            ),
-            "free space on the spool's file system or lower limits.max_message_bytes",
-        );
-    } else {
-        report.ok("spool", "free space", format!("{} MiB free", free >> 20));
-    }
-    if st.f_favail < 1000 {
-        report.warn(
-            "spool",
-            "free inodes",
-            format!("only {} inodes free; every message needs one", st.f_favail),
-            "free inodes on the spool's file system",
-        );
+            "spool.dir",
+            why,
+            "give the spool to the drain's account: systemd-tmpfiles --create mailpipe.conf",
+        ),
     }
 }
 

@@ -3,8 +3,10 @@
 //! spool (then removed again), deferred in Postfix's queue (with Postfix's
 //! reason), or nowhere within the wait.
 //!
-//! Must not: touch any message but the probe, or leave the probe in the
-//! spool once found.
+//! Must not: touch any message but the probe, leave the probe in the
+//! spool once found, open anything in `new/` but regular files (never a
+//! link, never blocking on a FIFO), or work on the spool as root (run as
+//! root, the spool step runs as the spool's owner, src/privilege.rs).
 //! Fails: into findings; a probe that cannot be sent is an error finding.
 
 use std::io::{Read, Write};
@@ -87,21 +89,29 @@ pub fn send(config: &Config, postfix: &Postfix, report: &mut Report) {
             return;
         }
     }
-    let new_dir = config
-        .spool
-        .dir
-        .join(Route::IncomingEmail.as_str())
-        .join("new");
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     while started.elapsed() < WAIT {
-        if let Some(path) = find_probe(&new_dir, &token, since) {
-            let _ = std::fs::remove_file(&path);
+        let found = crate::privilege::as_spool_owner(&config.spool.dir, || {
+            take_probe(&config.spool.dir, &token, since)
+        });
+        let found = match found {
+            Ok(found) => found,
+            Err(why) => {
+                push(report, Level::Error, why, "");
+                return;
+            }
+        };
+        if let Some(name) = found {
             let ms = started.elapsed().as_millis();
             push(
                 report,
                 Level::Ok,
                 format!(
-                    "probe spooled in {ms} ms ({}), then removed",
-                    path.display()
+                    "probe spooled in {ms} ms ({}/new/{}), then removed",
+                    Route::IncomingEmail.as_str(),
+                    crate::status::printable(&name, 200)
                 ),
                 "",
             );
@@ -138,23 +148,31 @@ fn postfix_dir(postfix: &Postfix) -> Option<PathBuf> {
     postfix.config_dir().map(Path::to_path_buf)
 }
 
-/// A spooled file newer than `since` whose header carries `token`.
-fn find_probe(dir: &Path, token: &str, since: SystemTime) -> Option<PathBuf> {
+/// Finds the spooled probe carrying `token` in `incoming_email/new/`
+/// (regular files newer than `since`, seconds since the epoch), removes it
+/// and returns its name. fd-relative and no-follow throughout.
+fn take_probe(root: &Path, token: &str, since: i64) -> Option<String> {
+    use crate::layout::{Dir, Folder, Kind};
     let needle = format!("X-Mailpipe-Probe: {token}");
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let recent = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= since);
-        if !recent {
+    let new = Dir::open_root(root)
+        .and_then(|r| r.open_sub(Route::IncomingEmail.as_str()))
+        .and_then(|r| r.open_sub(Folder::New.as_str()))
+        .ok()?;
+    for entry in new.entries().ok()? {
+        if entry.name.starts_with('.') || entry.kind.is_some_and(|k| k != Kind::Regular) {
+            continue;
+        }
+        let Ok((mut file, meta)) = new.open_file(&entry.name, None) else {
+            continue;
+        };
+        if meta.mtime < since {
             continue;
         }
         let mut head = vec![0u8; 8192];
-        let n = std::fs::File::open(entry.path())
-            .and_then(|mut f| f.read(&mut head))
-            .unwrap_or(0);
+        let n = file.read(&mut head).unwrap_or(0);
         if String::from_utf8_lossy(&head[..n]).contains(&needle) {
-            return Some(entry.path());
+            let _ = new.unlink(&entry.name);
+            return Some(entry.name);
         }
     }
     None

@@ -15,21 +15,22 @@
 //! (link never replaces an existing name, unlike rename), unlink the tmp
 //! name, fsync `new/`. Only then may the caller exit 0.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Route;
+use crate::layout::Folder;
 
 /// Mode of spooled files: the drain's group may read them.
-const FILE_MODE: libc::mode_t = 0o640;
-/// Mode of directories mailpipe creates below the root: the drain's group
-/// may claim (rename) and remove files.
-const DIR_MODE: libc::mode_t = 0o770;
+const FILE_MODE: libc::mode_t = crate::layout::MESSAGE_MODE;
+/// Mode of folders `deliver` creates itself, where the admin let it write
+/// the spool root (a single-account setup; the packages create them with
+/// the layout's modes, see `crate::layout`).
+const DIR_MODE: libc::mode_t = crate::layout::DELIVER_CREATED_DIR_MODE;
 /// Fresh names tried when one is taken, before giving up.
 const NAME_ATTEMPTS: usize = 8;
 /// Size of the copy buffer; page-aligned, since an unaligned buffer made
@@ -133,10 +134,12 @@ impl Maildir {
             .map_err(|e| SpoolError::RootMissing(root.to_path_buf(), e))?;
         let path = root.join(route.as_str());
         let route_fd = ensure_dir(&root_fd, root, route.as_str())?;
-        let tmp = ensure_dir(&route_fd, &path, "tmp")?;
-        let new = ensure_dir(&route_fd, &path, "new")?;
-        // cur/ is the reader's; it must exist (maildir(5)), nothing more.
-        ensure_exists(&route_fd, &path, "cur")?;
+        let tmp = ensure_dir(&route_fd, &path, Folder::Tmp.as_str())?;
+        let new = ensure_dir(&route_fd, &path, Folder::New.as_str())?;
+        // cur/ is the reader's (maildir(5)); made when deliver may, but a
+        // delivery never fails for it: in the packaged layout only the
+        // drain writes the route folder.
+        let _ = ensure_exists(&route_fd, &path, Folder::Cur.as_str());
         Ok(Maildir { path, tmp, new })
     }
 
@@ -578,53 +581,7 @@ fn ensure_exists(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<(),
     Ok(())
 }
 
-/// A Maildir name that no other delivery can produce: seconds, then
-/// microseconds, pid, 64 random bits and the queue id, then the host
-/// (cr.yp.to/proto/maildir.html; pid and time alone repeat).
-pub fn unique_name(queue_id: Option<&str>) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let queue = queue_id
-        .map(|q| {
-            q.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|q| !q.is_empty())
-        .map(|q| format!("Q{q}"))
-        .unwrap_or_default();
-    format!(
-        "{}.M{:06}P{}R{:016x}{}.{}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        crate::random::u64(),
-        queue,
-        host_name()
-    )
-}
-
-/// This host's name, with `/` and `:` escaped as the maildir spec asks.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: valid buffer; gethostname NUL-terminates on success.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
-    let name = if ok {
-        CStr::from_bytes_until_nul(&buf)
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let name = if name.is_empty() {
-        "localhost".to_string()
-    } else {
-        name
-    };
-    name.replace('/', "\\057").replace(':', "\\072")
-}
+pub use crate::layout::{host_name, unique_name};
 
 fn cstring(s: &str) -> CString {
     // Names are built here and never contain NUL; a path with one cannot
@@ -670,18 +627,6 @@ pub fn fault_point(step: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_unique_and_safe() {
-        let a = unique_name(Some("4F/x:1"));
-        let b = unique_name(Some("4F/x:1"));
-        assert_ne!(a, b);
-        assert!(a.contains("Q4Fx1"), "{a}");
-        assert!(
-            !a.contains('/') && !a.contains(':') && !a.starts_with('.'),
-            "{a}"
-        );
-    }
 
     #[test]
     fn aligned_buffer_is_page_aligned() {

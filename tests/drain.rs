@@ -108,6 +108,8 @@ fn keep_delivered_moves_to_cur_with_the_seen_flag() {
 fn deliver_then_drain_hands_gitlab_the_spooled_bytes() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
     let f = Fixture::new("e2e", &gitlab.url(), "");
+    // The packaged layout, as tmpfiles.d makes it before any delivery.
+    f.make_route(INCOMING);
     let msg = message(INCOMING, 7);
     let mut child = f
         .command(&[
@@ -500,8 +502,8 @@ fn abandoned_tmp_files_are_removed_after_36_hours() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
     let f = Fixture::new("tmp-reaper", &gitlab.url(), "");
     assert!(f.run(&["queue"]).status.success());
+    f.make_route(INCOMING);
     let tmp = f.folder(INCOMING, "tmp");
-    fs::create_dir_all(&tmp).unwrap();
     let (old, young) = (tmp.join("1.M1P1.old"), tmp.join("2.M2P2.young"));
     fs::write(&old, b"partial").unwrap();
     fs::write(&young, b"being written").unwrap();
@@ -578,23 +580,6 @@ fn broken_setups_exit_1_before_posting_anything() {
     assert_eq!(gitlab.post_count(), 0);
 }
 
-#[test]
-fn the_drain_creates_its_folders_group_usable() {
-    let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
-    let f = Fixture::new("modes", &gitlab.url(), "");
-    let out = f.run(&["drain", "--once"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    for route in [INCOMING, SERVICE_DESK] {
-        for folder in ["tmp", "new", "cur", "work", "failed", "state"] {
-            let mode = fs::metadata(f.folder(route, folder))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o7777, 0o770, "{route}/{folder}");
-        }
-    }
-}
-
 /// `bench/drain.sh`: 1,000 small messages through one drain pass to the
 /// loopback stand-in (which verifies every token), in messages per second.
 /// `MAILPIPE_BENCH_MESSAGES` and `MAILPIPE_BENCH_CONCURRENCY` override.
@@ -631,23 +616,29 @@ fn bench_drain_small_messages() {
 }
 
 #[test]
-fn folders_made_in_a_setgid_route_folder_stay_setgid() {
-    // The packaging (tmpfiles.d) makes route folders 2770 mailpipe:mailpipe.
+fn folders_the_drain_makes_follow_the_layout() {
+    // The packaging (tmpfiles.d) makes the spool root 2750
+    // mailpipe-drain:mailpipe; the drain makes the rest with the modes of
+    // src/layout.rs, setgid kept, owned by the account it became.
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
-    let f = Fixture::new("setgid", &gitlab.url(), "");
-    for route in [INCOMING, SERVICE_DESK] {
-        let dir = f.spool.join(route);
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o2770)).unwrap();
-    }
+    let f = Fixture::new("layout", &gitlab.url(), "");
     let out = f.run(&["drain", "--once"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    for folder in ["work", "failed", "state"] {
-        let mode = fs::metadata(f.folder(INCOMING, folder))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o2770, "{folder}");
+    let (drain_uid, _) = drain_support::ids("mailpipe-drain", "mailpipe");
+    for route in [INCOMING, SERVICE_DESK] {
+        for folder in mailpipe::layout::Folder::ALL {
+            let meta = fs::metadata(f.folder(route, folder.as_str())).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o7777,
+                folder.mode(),
+                "{route}/{folder:?}"
+            );
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                drain_uid,
+                "{route}/{folder:?}"
+            );
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! - the .deb and the .rpm (Cargo.toml's `[package.metadata.deb]` and
 //!   `[package.metadata.generate-rpm]`) install the same files;
 //! - `packaging/tmpfiles.d/mailpipe.conf`, which both packages apply,
-//!   creates the example's spool (root 0750, route folders 2770, owner
+//!   creates the example's spool (the layout of src/layout.rs, owner
 //!   mailpipe) and the account's home;
 //! - the .rpm's `%pre` carries `packaging/sysusers.d/mailpipe.conf` verbatim;
 //! - the maintainer scripts are valid `sh`.
@@ -185,19 +185,30 @@ fn tmpfiles_create_the_spool_of_the_example() {
     }
     let config = load(&read(EXAMPLE));
     let spool = config.spool.dir.to_str().unwrap().to_string();
-    let owner = |mode: &str| {
+    // The trust boundary of src/layout.rs: the drain's account owns it all;
+    // the deliver account (group mailpipe) writes only tmp/ and new/.
+    let owner = |mode: u32| {
         (
-            mode.to_string(),
-            "mailpipe".to_string(),
+            format!("{mode:04o}"),
+            "mailpipe-drain".to_string(),
             "mailpipe".to_string(),
         )
     };
-    assert_eq!(dirs.get(&spool), Some(&owner("0750")), "{spool}");
+    assert_eq!(
+        dirs.get(&spool),
+        Some(&owner(mailpipe::layout::DRAIN_DIR_MODE)),
+        "{spool}"
+    );
     for route in &config.routes {
         let dir = format!("{spool}/{}", route.route);
-        for sub in ["", "/tmp", "/new", "/cur"] {
-            let path = format!("{dir}{sub}");
-            assert_eq!(dirs.get(&path), Some(&owner("2770")), "{path}");
+        assert_eq!(
+            dirs.get(&dir),
+            Some(&owner(mailpipe::layout::DRAIN_DIR_MODE)),
+            "{dir}"
+        );
+        for folder in mailpipe::layout::Folder::ALL {
+            let path = format!("{dir}/{}", folder.as_str());
+            assert_eq!(dirs.get(&path), Some(&owner(folder.mode())), "{path}");
         }
     }
     // The account's home (sysusers.d) exists too.

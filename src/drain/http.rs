@@ -188,14 +188,18 @@ impl Client {
         format!("{}/api/v4/internal/mail_room/{}", self.base, route.as_str())
     }
 
-    /// Posts `body` for `route` with the signed `token`.
-    pub fn post(&self, route: Route, token: &str, body: &[u8]) -> Reply {
+    /// Posts the `len` bytes of `body` for `route` with the signed `token`,
+    /// streamed (never held in memory whole), with a Content-Length as
+    /// mail_room sends.
+    pub fn post(&self, route: Route, token: &str, len: u64, body: impl Read) -> Reply {
+        let mut body = body;
         let sent = self
             .agent
             .post(&self.url(route))
             .header("Content-Type", "text/plain")
+            .header("Content-Length", len.to_string())
             .header(auth::HEADER, token)
-            .send(body);
+            .send(ureq::SendBody::from_reader(&mut body));
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => return Reply::Transport(e.to_string()),

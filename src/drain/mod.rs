@@ -84,6 +84,8 @@ pub enum DrainError {
     Store(StoreError),
     /// Signal handlers or worker threads could not be set up.
     Setup(io::Error),
+    /// Started as root, and could not become the spool's owner.
+    Privilege(crate::privilege::PrivilegeError),
 }
 
 impl fmt::Display for DrainError {
@@ -103,6 +105,7 @@ impl fmt::Display for DrainError {
             DrainError::Secret { route, err } => write!(f, "{route}.secret_file: {err}"),
             DrainError::Store(e) => write!(f, "{e}"),
             DrainError::Setup(e) => write!(f, "cannot start: {e}"),
+            DrainError::Privilege(e) => write!(f, "{e}"),
         }
     }
 }
@@ -185,7 +188,11 @@ pub fn command(args: &DrainArgs) -> bool {
     };
     let result = Config::load_all(&args.config)
         .map_err(DrainError::Config)
-        .and_then(|config| run(&config, options, &stop, &journal));
+        .and_then(|config| {
+            // Root never works on the spool as root (src/privilege.rs).
+            crate::privilege::leave_root(&config.spool.dir).map_err(DrainError::Privilege)?;
+            run(&config, options, &stop, &journal)
+        });
     match result {
         Ok(summary) => {
             journal.info(&format!("finished: {summary}"));
@@ -225,7 +232,11 @@ pub fn run(
             route: route.route,
             err,
         })?;
-        let spool = RouteSpool::open(&config.spool.dir, route.route)?;
+        let spool = RouteSpool::open(
+            &config.spool.dir,
+            route.route,
+            config.limits.max_message_bytes,
+        )?;
         report_recovery(journal, route.route, spool.recover()?);
         routes.push(RouteContext {
             spool,
@@ -234,7 +245,7 @@ pub fn run(
     }
     for route in Route::ALL {
         if config.route(route).is_none()
-            && let Some(spool) = RouteSpool::existing(&config.spool.dir, route)
+            && let Ok(Some(spool)) = RouteSpool::existing(&config.spool.dir, route)
             && spool.list(Folder::New).is_ok_and(|m| !m.is_empty())
         {
             journal.warn(&format!(
@@ -399,15 +410,33 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
     }
 
     let started = Instant::now();
-    let (code, verdict) = match claim.read_body() {
-        Err(e) => (None, Verdict::Retry(e.to_string())),
-        Ok(body) => match sign(route, now) {
+    let (code, verdict) = if claim.oversized() {
+        // deliver never stores more than limits.max_message_bytes plus one
+        // header line: this file was put there by someone else (or the
+        // limit was lowered since). Never read into memory, never posted.
+        (
+            None,
+            Verdict::Rejected(format!(
+                "{} bytes, larger than anything deliver stores ({} bytes: \
+                 limits.max_message_bytes plus one header line); not posted",
+                claim.size(),
+                claim.max_body()
+            )),
+        )
+    } else {
+        match sign(route, now) {
             Err(e) => (None, Verdict::Misconfigured(e.to_string())),
             Ok(token) => {
-                let reply = ctx.client.post(job.route, &token, &body);
-                (reply.code(), http::classify(&reply))
+                let size = claim.size();
+                match claim.body() {
+                    Err(e) => (None, Verdict::Retry(e.to_string())),
+                    Ok(body) => {
+                        let reply = ctx.client.post(job.route, &token, size, body);
+                        (reply.code(), http::classify(&reply))
+                    }
+                }
             }
-        },
+        }
     };
     let took = started.elapsed();
     state.attempts = state.attempts.saturating_add(1);

@@ -35,6 +35,8 @@ pub enum QueueError {
     NotFailed(String),
     /// `--route` names no configured route.
     UnknownRoute(String),
+    /// Started as root, and could not become the spool's owner.
+    Privilege(crate::privilege::PrivilegeError),
 }
 
 impl fmt::Display for QueueError {
@@ -48,13 +50,16 @@ impl fmt::Display for QueueError {
             QueueError::Output(e) => write!(f, "cannot write the report: {e}"),
             QueueError::NotFailed(name) => write!(
                 f,
-                "{name}: not in failed/ (hint: `mailpipe queue` lists failed messages as \
-                 route/name)"
+                "{}: not in failed/ (hint: `mailpipe queue` lists failed messages as \
+                 route/name)",
+                printable(name, 200)
             ),
             QueueError::UnknownRoute(r) => write!(
                 f,
-                "{r}: not a configured route (incoming_email or service_desk_email)"
+                "{}: not a configured route (incoming_email or service_desk_email)",
+                printable(r, 100)
             ),
+            QueueError::Privilege(e) => write!(f, "{e}"),
         }
     }
 }
@@ -77,7 +82,10 @@ impl From<io::Error> for QueueError {
 pub fn command(args: &QueueArgs) -> bool {
     let result = Config::load_all(&args.config)
         .map_err(QueueError::Config)
-        .and_then(|config| show(&config, &mut io::stdout().lock()));
+        .and_then(|config| {
+            leave_root(&config)?;
+            show(&config, &mut io::stdout().lock())
+        });
     report(result)
 }
 
@@ -86,6 +94,7 @@ pub fn requeue_command(args: &RequeueArgs) -> bool {
     let result = Config::load_all(&args.config)
         .map_err(QueueError::Config)
         .and_then(|config| {
+            leave_root(&config)?;
             requeue(
                 &config,
                 args.route.as_deref(),
@@ -94,6 +103,11 @@ pub fn requeue_command(args: &RequeueArgs) -> bool {
             )
         });
     report(result)
+}
+
+/// Root never works on the spool as root (src/privilege.rs).
+fn leave_root(config: &Config) -> Result<(), QueueError> {
+    crate::privilege::leave_root(&config.spool.dir).map_err(QueueError::Privilege)
 }
 
 fn report(result: Result<(), QueueError>) -> bool {
@@ -130,10 +144,6 @@ struct Counts {
 /// `Store` when the spool root or a folder cannot be read, `Output` when
 /// writing fails.
 pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
-    std::fs::metadata(&config.spool.dir).map_err(|err| StoreError::RootMissing {
-        path: config.spool.dir.clone(),
-        err,
-    })?;
     let now = unix_now();
     let mut rows = Vec::new();
     let mut deferred = Vec::new();
@@ -142,7 +152,7 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
     for route in Route::ALL {
         let configured = config.route(route).is_some();
         let mut counts = Counts::default();
-        if let Some(spool) = RouteSpool::existing(&config.spool.dir, route) {
+        if let Some(spool) = RouteSpool::existing(&config.spool.dir, route)? {
             let mut older = |arrived: u64| {
                 counts.oldest = Some(counts.oldest.map_or(arrived, |o| o.min(arrived)));
             };
@@ -282,12 +292,16 @@ pub fn requeue(
                 .ok_or_else(|| QueueError::UnknownRoute(r.to_string()))?,
         ),
     };
-    let spools: Vec<RouteSpool> = config
+    let mut spools = Vec::new();
+    for r in config
         .routes
         .iter()
         .filter(|r| only.is_none_or(|o| o == r.route))
-        .filter_map(|r| RouteSpool::existing(&config.spool.dir, r.route))
-        .collect();
+    {
+        if let Some(spool) = RouteSpool::existing(&config.spool.dir, r.route)? {
+            spools.push(spool);
+        }
+    }
     let all = names.iter().any(|n| n == "ALL");
     let mut count = 0;
     let mut missing = None;
@@ -295,7 +309,12 @@ pub fn requeue(
         for spool in &spools {
             for entry in spool.list(Folder::Failed)? {
                 if spool.requeue(&entry.name)? {
-                    writeln!(out, "requeued {}/{}", spool.route(), entry.name)?;
+                    writeln!(
+                        out,
+                        "requeued {}/{}",
+                        spool.route(),
+                        printable(&entry.name, 200)
+                    )?;
                     count += 1;
                 }
             }
@@ -311,8 +330,8 @@ pub fn requeue(
                 if want_route.is_some_and(|r| r != spool.route().as_str()) {
                     continue;
                 }
-                if is_plain_name(name) && spool.requeue(name)? {
-                    writeln!(out, "requeued {}/{name}", spool.route())?;
+                if crate::layout::is_plain_name(name) && spool.requeue(name)? {
+                    writeln!(out, "requeued {}/{}", spool.route(), printable(name, 200))?;
                     count += 1;
                     done = true;
                     break;
@@ -328,11 +347,6 @@ pub fn requeue(
         Some(name) => Err(QueueError::NotFailed(name)),
         None => Ok(()),
     }
-}
-
-/// A message name as the spool makes them: no path, no dotfile.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && !name.starts_with('.') && !name.contains('/')
 }
 
 /// A short age: `45s`, `12m`, `3h12m`, `2d4h`.

@@ -8,16 +8,25 @@
 //! Fails: with a `StoreError` naming the step and the path. A failure
 //! never loses a message: whatever happens, it stays in `new/`, `work/`
 //! or `failed/`, and a message left in `work/` by a dead drain is put back.
+//! A folder someone else could write or swap is refused (`Unsafe`) before
+//! anything is touched.
+//!
+//! Trust: everything in `new/` and `tmp/` may have been planted by the
+//! deliver account (see `crate::layout`). Every folder is opened once with
+//! `O_NOFOLLOW` and checked; every entry is opened with
+//! `O_NOFOLLOW|O_NONBLOCK` and used only when `fstat` says it is a regular
+//! file; sidecars are read with a size cap, and a sidecar that does not
+//! parse is reported without quoting it (it may be a link to a secret).
 //!
 //! Layout per route, below `<spool.dir>/<route>/`:
 //!
 //! | Folder | Holds | Written by |
 //! | --- | --- | --- |
 //! | `tmp/`, `new/` | messages being written, messages waiting | deliver (drain renames out of `new/`) |
-//! | `work/` | messages a drain is posting right now | drain |
-//! | `failed/` | messages given up (never deleted) | drain; `requeue` moves them back |
-//! | `state/` | one JSON sidecar per message that failed at least once | drain |
-//! | `cur/` | delivered messages, only with `drain.keep_delivered` | drain |
+//! | `work/` | messages a drain is posting right now | drain only |
+//! | `failed/` | messages given up (never deleted) | drain only; `requeue` moves them back |
+//! | `state/` | one JSON sidecar per message that failed at least once | drain only |
+//! | `cur/` | delivered messages, only with `drain.keep_delivered` | drain only |
 //!
 //! Ownership is an exclusive flock(2) on the message file. The rule that
 //! makes it safe: *only the holder of the lock moves or deletes a message,
@@ -29,7 +38,7 @@
 //! belongs to a drain that died (even by SIGKILL: the kernel drops the lock
 //! with the process); [`RouteSpool::recover`] puts it back into `new/`.
 //!
-//! Every move is renameat2(RENAME_NOREPLACE): a name clash fails instead of
+//! Every move is renameat2(RENAME_NOREPLACE) between folder descriptors: a name clash fails instead of
 //! destroying a message. The sidecar is written to a temporary name,
 //! fsynced, renamed over the old one and the folder fsynced, before the
 //! message goes back to `new/`; on success the sidecar is removed before
@@ -37,65 +46,20 @@
 //! duplicate the contract allows) instead of leaving a stray sidecar.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Route;
+use crate::layout::{self, Dir, EntryError, Kind, Meta};
+use crate::status::printable;
 
-/// Mode of the folders the drain creates: the shared group may use them
-/// (the same as `deliver`'s folders).
-const DIR_MODE: u32 = 0o770;
-/// The set-group-ID bit of a folder: new entries take the folder's group.
-const SETGID: u32 = 0o2000;
-/// Mode of sidecar files: `mailpipe queue` run by the group may read them.
-const STATE_MODE: u32 = 0o640;
-/// A sidecar is a few hundred bytes; a larger file is not one of ours.
-const MAX_STATE_BYTES: u64 = 64 * 1024;
-/// Leftover temporary sidecars (a drain died while writing one) older than
-/// this are removed by [`RouteSpool::recover`].
-const STALE_TMP: Duration = Duration::from_secs(3600);
-/// Files in the Maildir's `tmp/` older than this were left by a delivery
-/// that died (killed by a signal, or by mailpipe's own SIGKILL fallback);
-/// the maildir spec lets readers delete them after 36 hours. A live
-/// delivery is never that old: `deliver` gives up after its deadline.
-const ABANDONED_DELIVERY: Duration = Duration::from_secs(36 * 3600);
-/// Maildir info suffix for `cur/`: version 2, flag Seen (what mail_room
-/// left on a delivered IMAP message).
-const SEEN_SUFFIX: &str = ":2,S";
-
-/// A spool folder of one route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Folder {
-    New,
-    Work,
-    Failed,
-    Cur,
-}
-
-impl Folder {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Folder::New => "new",
-            Folder::Work => "work",
-            Folder::Failed => "failed",
-            Folder::Cur => "cur",
-        }
-    }
-}
-
-const STATE_DIR: &str = "state";
-/// Folders the drain needs; `tmp/` and `new/` are created too, so that
-/// `deliver` finds them, with the same mode it would use.
-const SUBDIRS: [&str; 6] = ["tmp", "new", "cur", "work", "failed", STATE_DIR];
+pub use crate::layout::Folder;
 
 /// A spool failure.
 #[derive(Debug)]
@@ -112,6 +76,9 @@ pub enum StoreError {
     },
     /// A sidecar exists but cannot be understood.
     BadState { path: PathBuf, why: String },
+    /// A folder that someone other than the drain's account could write or
+    /// replace: nothing in it is touched.
+    Unsafe { path: PathBuf, why: String },
 }
 
 impl fmt::Display for StoreError {
@@ -120,26 +87,32 @@ impl fmt::Display for StoreError {
             StoreError::RootMissing { path, err } => write!(
                 f,
                 "spool directory {} is not usable ({err}); create it or fix spool.dir",
-                path.display()
+                printable(&path.to_string_lossy(), 300)
             ),
-            StoreError::Io { op, path, err } => {
-                write!(f, "spool {op} {} failed: {err}", path.display())
-            }
-            StoreError::BadState { path, why } => {
-                write!(f, "state file {} is unreadable: {why}", path.display())
-            }
+            StoreError::Io { op, path, err } => write!(
+                f,
+                "spool {op} {} failed: {err}",
+                printable(&path.to_string_lossy(), 300)
+            ),
+            StoreError::BadState { path, why } => write!(
+                f,
+                "state file {} is unreadable: {why}",
+                printable(&path.to_string_lossy(), 300)
+            ),
+            StoreError::Unsafe { path, why } => write!(
+                f,
+                "{} {why}; refusing to use it (the packages' layout: \
+                 `systemd-tmpfiles --create mailpipe.conf` repairs it; see `mailpipe check`)",
+                printable(&path.to_string_lossy(), 300)
+            ),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
 
-fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
-    move |err| StoreError::Io {
-        op,
-        path: path.to_path_buf(),
-        err,
-    }
+fn io_err(op: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> StoreError {
+    move |err| StoreError::Io { op, path, err }
 }
 
 /// What the drain remembers about a message between attempts. Times are
@@ -173,66 +146,146 @@ pub struct Entry {
     pub arrived: (u64, u32),
 }
 
-/// The drain's view of one route's Maildir.
-#[derive(Debug, Clone)]
+/// The drain's view of one route's Maildir: the route folder and each of
+/// its folders, opened once.
+#[derive(Debug)]
 pub struct RouteSpool {
     route: Route,
     dir: PathBuf,
+    folders: [Option<Dir>; 6],
+    /// Largest message body the drain will read: `limits.max_message_bytes`
+    /// plus what `deliver` may add.
+    max_body: u64,
+}
+
+fn slot(folder: Folder) -> usize {
+    match folder {
+        Folder::Tmp => 0,
+        Folder::New => 1,
+        Folder::Work => 2,
+        Folder::Failed => 3,
+        Folder::State => 4,
+        Folder::Cur => 5,
+    }
+}
+
+/// Refuses a folder the drain's account cannot trust: not a folder, owned
+/// by another account, or (for the drain's own folders) writable by others.
+fn vet(dir: &Dir, drain_only: bool) -> Result<(), StoreError> {
+    let meta = dir.meta().map_err(io_err("stat", dir.path().to_path_buf()))?;
+    let euid = layout::euid();
+    let why = if drain_only {
+        layout::drain_only_reason(&meta, euid)
+    } else {
+        layout::untrusted_reason(&meta, euid)
+    };
+    match why {
+        Some(why) => Err(StoreError::Unsafe {
+            path: dir.path().to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn open_root(root: &Path) -> Result<Dir, StoreError> {
+    let dir = Dir::open_root(root).map_err(|err| StoreError::RootMissing {
+        path: root.to_path_buf(),
+        err,
+    })?;
+    vet(&dir, true)?;
+    Ok(dir)
 }
 
 impl RouteSpool {
     /// Opens `<root>/<route>`, creating the route's folders that are
-    /// missing (mode 0770, group of the route folder). The root must exist.
+    /// missing (the layout's modes). The root must exist. `max_message_bytes`:
+    /// `limits.max_message_bytes`, the bound on what is read of a message.
     ///
     /// # Errors
-    /// `RootMissing` without the root, `Io` when a folder cannot be created
-    /// or is not a plain directory (a symbolic link is refused).
-    pub fn open(root: &Path, route: Route) -> Result<RouteSpool, StoreError> {
-        let meta = fs::metadata(root).map_err(|err| StoreError::RootMissing {
-            path: root.to_path_buf(),
-            err,
-        })?;
-        if !meta.is_dir() {
-            return Err(StoreError::RootMissing {
-                path: root.to_path_buf(),
-                err: io::Error::from_raw_os_error(libc::ENOTDIR),
-            });
+    /// `RootMissing` without the root, `Unsafe` when a folder is not the
+    /// drain's to trust, `Io` when a folder cannot be created or opened
+    /// (a symbolic link is refused).
+    pub fn open(root: &Path, route: Route, max_message_bytes: u64) -> Result<RouteSpool, StoreError> {
+        let root_dir = open_root(root)?;
+        let path = root.join(route.as_str());
+        let route_dir = root_dir
+            .ensure_sub(route.as_str(), layout::DRAIN_DIR_MODE)
+            .map_err(io_err("open", path.clone()))?;
+        vet(&route_dir, true)?;
+        let mut folders: [Option<Dir>; 6] = Default::default();
+        for folder in Folder::ALL {
+            let dir = route_dir
+                .ensure_sub(folder.as_str(), folder.mode())
+                .map_err(io_err("open", path.join(folder.as_str())))?;
+            vet(&dir, !folder.deliver_writes())?;
+            folders[slot(folder)] = Some(dir);
         }
-        let spool = RouteSpool {
+        Ok(RouteSpool {
             route,
-            dir: root.join(route.as_str()),
-        };
-        ensure_dir(&spool.dir, None)?;
-        let gid = fs::symlink_metadata(&spool.dir)
-            .map_err(io_err("stat", &spool.dir))?
-            .gid();
-        for sub in SUBDIRS {
-            ensure_dir(&spool.dir.join(sub), Some(gid))?;
-        }
-        Ok(spool)
+            dir: path,
+            folders,
+            max_body: max_message_bytes.saturating_add(layout::BODY_SLACK),
+        })
     }
 
-    /// The route's folder when it exists, without creating anything (for
-    /// `mailpipe queue`, which must not write).
-    pub fn existing(root: &Path, route: Route) -> Option<RouteSpool> {
-        let dir = root.join(route.as_str());
-        dir.is_dir().then_some(RouteSpool { route, dir })
+    /// The route's folders that exist, without creating anything (for
+    /// `mailpipe queue`, which must not write). `None` without the route
+    /// folder.
+    ///
+    /// # Errors
+    /// As [`RouteSpool::open`], but a missing folder is no error.
+    pub fn existing(root: &Path, route: Route) -> Result<Option<RouteSpool>, StoreError> {
+        let root_dir = open_root(root)?;
+        let path = root.join(route.as_str());
+        let Some(route_dir) = root_dir
+            .open_sub_if_exists(route.as_str())
+            .map_err(io_err("open", path.clone()))?
+        else {
+            return Ok(None);
+        };
+        vet(&route_dir, true)?;
+        let mut folders: [Option<Dir>; 6] = Default::default();
+        for folder in Folder::ALL {
+            let dir = route_dir
+                .open_sub_if_exists(folder.as_str())
+                .map_err(io_err("open", path.join(folder.as_str())))?;
+            if let Some(dir) = &dir {
+                vet(dir, !folder.deliver_writes())?;
+            }
+            folders[slot(folder)] = dir;
+        }
+        Ok(Some(RouteSpool {
+            route,
+            dir: path,
+            folders,
+            max_body: u64::MAX,
+        }))
     }
 
     pub fn route(&self) -> Route {
         self.route
     }
 
+    /// The route folder's path, for messages.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn path(&self, folder: Folder, name: &str) -> PathBuf {
-        self.dir.join(folder.as_str()).join(name)
+    fn folder(&self, folder: Folder) -> Option<&Dir> {
+        self.folders[slot(folder)].as_ref()
     }
 
-    fn state_path(&self, name: &str) -> PathBuf {
-        self.dir.join(STATE_DIR).join(name)
+    fn need(&self, folder: Folder) -> Result<&Dir, StoreError> {
+        self.folder(folder).ok_or_else(|| StoreError::Io {
+            op: "open",
+            path: self.dir.join(folder.as_str()),
+            err: io::Error::from(io::ErrorKind::NotFound),
+        })
+    }
+
+    fn path(&self, folder: Folder, name: &str) -> PathBuf {
+        self.dir.join(folder.as_str()).join(name)
     }
 
     /// The messages in `folder`, oldest first. Names starting with `.` are
@@ -241,36 +294,34 @@ impl RouteSpool {
     /// # Errors
     /// `Io` when the folder cannot be read; a missing folder is empty.
     pub fn list(&self, folder: Folder) -> Result<Vec<Entry>, StoreError> {
-        let dir = self.dir.join(folder.as_str());
-        let reader = match fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("read", &dir)(e)),
+        let Some(dir) = self.folder(folder) else {
+            return Ok(Vec::new());
         };
+        let read = io_err("read", self.dir.join(folder.as_str()));
         let mut entries = Vec::new();
-        for item in reader {
-            let item = item.map_err(io_err("read", &dir))?;
-            let Some(name) = item.file_name().to_str().map(str::to_string) else {
-                continue; // not ours: deliver writes ASCII names
-            };
-            if name.starts_with('.') {
+        for item in dir.entries().map_err(read)? {
+            if item.name.starts_with('.') {
                 continue;
             }
             // d_type, no stat, on the usual file systems.
-            match item.file_type() {
-                Ok(t) if t.is_file() => {}
-                _ => continue,
-            }
-            let arrived = arrival_from_name(&name).unwrap_or_else(|| {
-                item.metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .map_or((0, 0), |t| {
-                        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-                        (d.as_secs(), d.subsec_micros())
-                    })
+            let meta = match item.kind {
+                Some(Kind::Regular) => None,
+                Some(_) => continue,
+                None => match dir.stat_at(&item.name) {
+                    Ok(Some(m)) if m.kind == Kind::Regular => Some(m),
+                    _ => continue,
+                },
+            };
+            let arrived = layout::arrival_from_name(&item.name).unwrap_or_else(|| {
+                let mtime = meta
+                    .or_else(|| dir.stat_at(&item.name).ok().flatten())
+                    .map_or(0, |m| m.mtime);
+                (u64::try_from(mtime).unwrap_or(0), 0)
             });
-            entries.push(Entry { name, arrived });
+            entries.push(Entry {
+                name: item.name,
+                arrived,
+            });
         }
         entries.sort_by(|a, b| a.arrived.cmp(&b.arrived).then_with(|| a.name.cmp(&b.name)));
         Ok(entries)
@@ -281,126 +332,160 @@ impl RouteSpool {
     /// # Errors
     /// `Io` when `state/` cannot be read.
     pub fn names_with_state(&self) -> Result<HashSet<String>, StoreError> {
-        let dir = self.dir.join(STATE_DIR);
-        let reader = match fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(io_err("read", &dir)(e)),
+        let Some(dir) = self.folder(Folder::State) else {
+            return Ok(HashSet::new());
         };
-        let mut names = HashSet::new();
-        for item in reader {
-            let item = item.map_err(io_err("read", &dir))?;
-            if let Some(name) = item.file_name().to_str()
-                && !name.starts_with('.')
-            {
-                names.insert(name.to_string());
-            }
-        }
-        Ok(names)
+        let entries = dir
+            .entries()
+            .map_err(io_err("read", self.dir.join(Folder::State.as_str())))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.name.starts_with('.'))
+            .map(|e| e.name)
+            .collect())
     }
 
     /// The sidecar of `name`, if it has one.
     ///
     /// # Errors
-    /// `Io` when it cannot be read, `BadState` when it is not ours.
+    /// `Io` when it cannot be read, `BadState` when it is not ours (not a
+    /// regular file, too large, or not our JSON; never quoted).
     pub fn read_state(&self, name: &str) -> Result<Option<State>, StoreError> {
-        let path = self.state_path(name);
-        let file = match File::open(&path) {
+        let Some(dir) = self.folder(Folder::State) else {
+            return Ok(None);
+        };
+        let path = self.path(Folder::State, name);
+        let bad = |why: String| StoreError::BadState {
+            path: path.clone(),
+            why,
+        };
+        let (file, _) = match dir.open_file(name, Some(layout::MAX_STATE_BYTES)) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("open", &path)(e)),
+            Err(EntryError::Missing) => return Ok(None),
+            Err(EntryError::Io(e)) => return Err(io_err("open", path.clone())(e)),
+            Err(e) => return Err(bad(e.to_string())),
         };
         let mut text = Vec::new();
-        file.take(MAX_STATE_BYTES)
+        file.take(layout::MAX_STATE_BYTES)
             .read_to_end(&mut text)
-            .map_err(io_err("read", &path))?;
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| StoreError::BadState {
-                path,
-                why: e.to_string(),
-            })
+            .map_err(io_err("read", path.clone()))?;
+        // serde's message can quote the file (a link to a secret would
+        // show its digits): say only where it broke.
+        serde_json::from_slice(&text).map(Some).map_err(|e| {
+            bad(format!(
+                "not a sidecar the drain wrote (invalid at line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
     }
 
     /// Replaces the sidecar of `name` crash-safely: temporary name, fsync,
     /// rename, fsync of `state/`.
     fn write_state(&self, name: &str, state: &State) -> Result<(), StoreError> {
-        let dir = self.dir.join(STATE_DIR);
-        let tmp = dir.join(format!(
+        let dir = self.need(Folder::State)?;
+        let tmp = format!(
             ".{name}.{}.{:016x}.tmp",
             std::process::id(),
             crate::random::u64()
-        ));
-        let path = self.state_path(name);
+        );
+        let path = self.path(Folder::State, name);
+        let tmp_path = self.path(Folder::State, &tmp);
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(STATE_MODE)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
+            let mut file = dir
+                .create_file(&tmp, layout::STATE_MODE)
+                .map_err(io_err("create", tmp_path.clone()))?;
             let text = serde_json::to_vec(state).map_err(|e| StoreError::BadState {
                 path: path.clone(),
                 why: e.to_string(),
             })?;
-            file.write_all(&text).map_err(io_err("write", &tmp))?;
-            file.sync_all().map_err(io_err("fsync", &tmp))?;
+            file.write_all(&text)
+                .map_err(io_err("write", tmp_path.clone()))?;
+            file.sync_all().map_err(io_err("fsync", tmp_path.clone()))?;
             drop(file);
-            fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-            sync_dir(&dir)
+            dir.rename_over(&tmp, name)
+                .map_err(io_err("rename", path.clone()))?;
+            dir.sync()
+                .map_err(io_err("fsync", self.dir.join(Folder::State.as_str())))
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = dir.unlink(&tmp);
         }
         result
     }
 
     fn remove_state(&self, name: &str) -> Result<(), StoreError> {
-        let path = self.state_path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &path)(e)),
+        match self.folder(Folder::State) {
+            None => Ok(()),
+            Some(dir) => dir
+                .unlink(name)
+                .map_err(io_err("remove", self.path(Folder::State, name))),
         }
     }
 
     /// Takes `name` from `new/` for this process: locked, then moved into
-    /// `work/`. `None` when another worker or drain has it, or it is gone.
+    /// `work/`. `None` when another worker or drain has it, it is gone, or
+    /// it is not a regular file.
     ///
     /// # Errors
     /// `Io` when the file system fails (not when the file is simply gone).
     pub fn claim(&self, name: &str) -> Result<Option<Claim<'_>>, StoreError> {
-        let from = self.path(Folder::New, name);
-        let Some(file) = lock_at(&from)? else {
+        let new = self.need(Folder::New)?;
+        let work = self.need(Folder::Work)?;
+        let Some((file, meta)) = self.lock_at(Folder::New, name)? else {
             return Ok(None);
         };
-        let to = self.path(Folder::Work, name);
-        match move_noreplace(&from, &to) {
+        match new.move_noreplace(name, work, name) {
             Ok(()) => Ok(Some(Claim {
                 spool: self,
                 name: name.to_string(),
                 file,
+                size: meta.size,
                 settled: false,
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("claim", &from)(e)),
+            Err(e) => Err(io_err("claim", self.path(Folder::New, name))(e)),
+        }
+    }
+
+    /// Opens `folder/name` and takes its exclusive lock without waiting,
+    /// then checks that the name still points at the locked file. `None`
+    /// when the file is gone, locked by someone else, moved meanwhile, or
+    /// not a regular file.
+    fn lock_at(&self, folder: Folder, name: &str) -> Result<Option<(File, Meta)>, StoreError> {
+        let Some(dir) = self.folder(folder) else {
+            return Ok(None);
+        };
+        let path = || self.path(folder, name);
+        let (file, meta) = match dir.open_file(name, None) {
+            Ok(f) => f,
+            Err(EntryError::Io(e)) => return Err(io_err("open", path())(e)),
+            Err(_) => return Ok(None),
+        };
+        if !try_lock(&file, Lock::Exclusive).map_err(io_err("lock", path()))? {
+            return Ok(None);
+        }
+        match dir.stat_at(name) {
+            Ok(Some(now)) if now.dev == meta.dev && now.ino == meta.ino => Ok(Some((file, meta))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(io_err("stat", path())(e)),
         }
     }
 
     /// Puts back into `new/` every message in `work/` whose lock is free:
     /// its drain died mid-attempt. Also removes temporary sidecars older
-    /// than an hour. Returns how many messages were put back, and the
-    /// problems met on the way (one file's trouble does not stop the rest).
+    /// than an hour and abandoned deliveries in `tmp/`. Returns how many
+    /// messages were put back, and the problems met on the way (one file's
+    /// trouble does not stop the rest).
     ///
     /// # Errors
     /// `Io` when `work/` cannot be read.
     pub fn recover(&self) -> Result<(usize, Vec<StoreError>), StoreError> {
         let mut count = 0;
         let mut problems = Vec::new();
+        let (work, new) = (self.need(Folder::Work)?, self.need(Folder::New)?);
         for entry in self.list(Folder::Work)? {
-            let from = self.path(Folder::Work, &entry.name);
-            let _lock = match lock_at(&from) {
+            let _lock = match self.lock_at(Folder::Work, &entry.name) {
                 Ok(Some(lock)) => lock,
                 Ok(None) => continue, // a live drain is posting it
                 Err(e) => {
@@ -408,10 +493,10 @@ impl RouteSpool {
                     continue;
                 }
             };
-            match move_noreplace(&from, &self.path(Folder::New, &entry.name)) {
+            match work.move_noreplace(&entry.name, new, &entry.name) {
                 Ok(()) => count += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => problems.push(io_err("put back", &from)(e)),
+                Err(e) => problems.push(io_err("put back", self.path(Folder::Work, &entry.name))(e)),
             }
         }
         self.remove_stale_tmp();
@@ -420,11 +505,15 @@ impl RouteSpool {
 
     fn remove_stale_tmp(&self) {
         // Our own half-written sidecars.
-        remove_older_than(&self.dir.join(STATE_DIR), STALE_TMP, |name| {
-            name.starts_with(b".") && name.ends_with(b".tmp")
-        });
-        // Deliveries that died in tmp/ (maildir spec; rule R15).
-        remove_older_than(&self.dir.join("tmp"), ABANDONED_DELIVERY, |_| true);
+        if let Some(state) = self.folder(Folder::State) {
+            remove_older_than(state, layout::STALE_STATE_TMP, |name| {
+                name.starts_with('.') && name.ends_with(".tmp")
+            });
+        }
+        // Deliveries that died in tmp/ (maildir spec).
+        if let Some(tmp) = self.folder(Folder::Tmp) {
+            remove_older_than(tmp, layout::ABANDONED_DELIVERY, |_| true);
+        }
     }
 
     /// Moves `name` from `failed/` back to `new/` with a clean slate (its
@@ -433,33 +522,40 @@ impl RouteSpool {
     /// # Errors
     /// `Io` when the file system fails.
     pub fn requeue(&self, name: &str) -> Result<bool, StoreError> {
-        let from = self.path(Folder::Failed, name);
-        let Some(_lock) = lock_at(&from)? else {
+        if !layout::is_plain_name(name) {
+            return Ok(false);
+        }
+        let (failed, new) = (self.need(Folder::Failed)?, self.need(Folder::New)?);
+        let Some(_lock) = self.lock_at(Folder::Failed, name)? else {
             return Ok(false);
         };
         // Sidecar first: a crash in between leaves a failed message without
         // its reason, never a requeued one that is given up at once.
         self.remove_state(name)?;
-        match move_noreplace(&from, &self.path(Folder::New, name)) {
+        match failed.move_noreplace(name, new, name) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("requeue", &from)(e)),
+            Err(e) => Err(io_err("requeue", self.path(Folder::Failed, name))(e)),
         }
     }
 
     /// True when a drain holds `name` in `folder` right now; false when it
-    /// is free or gone. Takes the lock for an instant when it is free.
+    /// is free, gone or not a regular file. Takes the lock for an instant
+    /// when it is free.
     ///
     /// # Errors
     /// `Io` when the file cannot be opened for another reason.
     pub fn is_locked(&self, folder: Folder, name: &str) -> Result<bool, StoreError> {
-        let path = self.path(folder, name);
-        let file = match open_message(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io_err("open", &path)(e)),
+        let Some(dir) = self.folder(folder) else {
+            return Ok(false);
         };
-        Ok(!try_lock(&file, libc::LOCK_SH).map_err(io_err("lock", &path))?)
+        let path = || self.path(folder, name);
+        let file = match dir.open_file(name, None) {
+            Ok((f, _)) => f,
+            Err(EntryError::Io(e)) => return Err(io_err("open", path())(e)),
+            Err(_) => return Ok(false),
+        };
+        Ok(!try_lock(&file, Lock::Shared).map_err(io_err("lock", path()))?)
     }
 }
 
@@ -470,6 +566,8 @@ pub struct Claim<'a> {
     name: String,
     /// Holds the lock until the message has left `work/`.
     file: File,
+    /// Its size when it was claimed: what is read and posted.
+    size: u64,
     settled: bool,
 }
 
@@ -482,6 +580,22 @@ impl Claim<'_> {
         self.spool.route
     }
 
+    /// The message's size when it was claimed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True when the file is larger than anything `deliver` stores
+    /// (`limits.max_message_bytes` plus one header line): not posted.
+    pub fn oversized(&self) -> bool {
+        self.size > self.spool.max_body
+    }
+
+    /// The largest body the drain reads.
+    pub fn max_body(&self) -> u64 {
+        self.spool.max_body
+    }
+
     /// The message's sidecar; a fresh state when it has none.
     ///
     /// # Errors
@@ -490,17 +604,20 @@ impl Claim<'_> {
         Ok(self.spool.read_state(&self.name)?.unwrap_or_default())
     }
 
-    /// The message's bytes, read from the locked file.
+    /// The message's bytes as a stream from the locked file, at most
+    /// [`Claim::size`] of them (the file may grow meanwhile: its writer
+    /// is not trusted), from the start.
     ///
     /// # Errors
-    /// `Io` when reading fails.
-    pub fn read_body(&mut self) -> Result<Vec<u8>, StoreError> {
-        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    /// `Io` when the file cannot be rewound.
+    pub fn body(&mut self) -> Result<impl Read + '_, StoreError> {
+        use std::io::Seek;
+        let size = self.size;
+        let path = self.spool.path(Folder::Work, &self.name);
         self.file
-            .read_to_end(&mut body)
-            .map_err(io_err("read", &self.spool.path(Folder::Work, &self.name)))?;
-        Ok(body)
+            .seek(io::SeekFrom::Start(0))
+            .map_err(io_err("read", path))?;
+        Ok((&self.file).take(size))
     }
 
     /// GitLab has the message: forget its state, then remove it (or keep
@@ -513,14 +630,15 @@ impl Claim<'_> {
         // A sidecar that cannot be removed is litter, not a reason to post
         // the message again.
         let _ = self.spool.remove_state(&self.name);
+        let work = self.spool.need(Folder::Work)?;
         let from = self.spool.path(Folder::Work, &self.name);
         if keep {
-            let to = self
-                .spool
-                .path(Folder::Cur, &format!("{}{SEEN_SUFFIX}", self.name));
-            move_noreplace(&from, &to).map_err(io_err("move to cur/", &from))?;
+            let cur = self.spool.need(Folder::Cur)?;
+            let to = format!("{}{}", self.name, layout::SEEN_SUFFIX);
+            work.move_noreplace(&self.name, cur, &to)
+                .map_err(io_err("move to cur/", from))?;
         } else {
-            fs::remove_file(&from).map_err(io_err("remove", &from))?;
+            work.unlink(&self.name).map_err(io_err("remove", from))?;
         }
         self.settled = true;
         Ok(())
@@ -533,11 +651,15 @@ impl Claim<'_> {
     /// The first failure, state or move.
     pub fn release(mut self, state: Option<&State>) -> Result<(), StoreError> {
         let saved = state.map_or(Ok(()), |s| self.spool.write_state(&self.name, s));
-        let from = self.spool.path(Folder::Work, &self.name);
-        let moved = move_noreplace(&from, &self.spool.path(Folder::New, &self.name))
-            .map_err(io_err("release", &from));
+        let moved = self.move_back();
         self.settled = moved.is_ok();
         saved.and(moved)
+    }
+
+    fn move_back(&self) -> Result<(), StoreError> {
+        let (work, new) = (self.spool.need(Folder::Work)?, self.spool.need(Folder::New)?);
+        work.move_noreplace(&self.name, new, &self.name)
+            .map_err(io_err("release", self.spool.path(Folder::Work, &self.name)))
     }
 
     /// Gives the message up: `state` (with the reason) saved, the message
@@ -548,12 +670,19 @@ impl Claim<'_> {
     /// The first failure; the message is then put back in `new/`.
     pub fn fail(mut self, state: &State) -> Result<(), StoreError> {
         self.spool.write_state(&self.name, state)?;
+        let (work, failed) = (
+            self.spool.need(Folder::Work)?,
+            self.spool.need(Folder::Failed)?,
+        );
         let from = self.spool.path(Folder::Work, &self.name);
-        move_noreplace(&from, &self.spool.path(Folder::Failed, &self.name))
-            .map_err(io_err("move to failed/", &from))?;
+        work.move_noreplace(&self.name, failed, &self.name)
+            .map_err(io_err("move to failed/", from))?;
         self.settled = true;
-        sync_dir(&self.spool.dir.join(Folder::Failed.as_str()))?;
-        sync_dir(&self.spool.dir.join(Folder::Work.as_str()))
+        failed
+            .sync()
+            .map_err(io_err("fsync", self.spool.dir.join(Folder::Failed.as_str())))?;
+        work.sync()
+            .map_err(io_err("fsync", self.spool.dir.join(Folder::Work.as_str())))
     }
 }
 
@@ -562,217 +691,62 @@ impl Drop for Claim<'_> {
         if !self.settled {
             // Best effort: if this fails too, the file stays in work/ with
             // its lock released when `file` closes, and recovery moves it.
-            let from = self.spool.path(Folder::Work, &self.name);
-            let _ = move_noreplace(&from, &self.spool.path(Folder::New, &self.name));
+            let _ = self.move_back();
         }
     }
 }
 
-/// Opens a message read-only without following a symbolic link.
 /// Removes the regular files of `dir` whose name passes `wanted` and whose
 /// modification time is more than `age` ago. Best effort: a file that
-/// cannot be removed is left for the next pass.
-fn remove_older_than(dir: &Path, age: Duration, wanted: impl Fn(&[u8]) -> bool) {
-    let Ok(reader) = fs::read_dir(dir) else {
+/// cannot be removed is left for the next pass. Never follows a link: a
+/// link, FIFO or device is not a regular file and is left alone.
+fn remove_older_than(dir: &Dir, age: Duration, wanted: impl Fn(&str) -> bool) {
+    let Ok(entries) = dir.entries() else {
         return;
     };
-    let now = SystemTime::now();
-    for item in reader.flatten() {
-        let name = item.file_name();
-        if !wanted(name.as_bytes()) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for item in entries {
+        if !wanted(&item.name) {
             continue;
         }
-        let old = item
-            .metadata()
-            .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|elapsed| elapsed > age);
+        let old = dir.stat_at(&item.name).ok().flatten().is_some_and(|m| {
+            m.kind == Kind::Regular
+                && now.saturating_sub(u64::try_from(m.mtime).unwrap_or(0)) > age.as_secs()
+        });
         if old {
-            let _ = fs::remove_file(item.path());
+            let _ = dir.unlink(&item.name);
         }
     }
 }
 
-fn open_message(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// Opens `path` and takes its exclusive lock without waiting, then checks
-/// that the name still points at the locked file. `None` when the file is
-/// gone, locked by someone else, moved meanwhile, or not a regular file.
-fn lock_at(path: &Path) -> Result<Option<File>, StoreError> {
-    let file = match open_message(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err("open", path)(e)),
-    };
-    if !try_lock(&file, libc::LOCK_EX).map_err(io_err("lock", path))? {
-        return Ok(None);
-    }
-    let held = file.metadata().map_err(io_err("stat", path))?;
-    if !held.is_file() {
-        return Ok(None);
-    }
-    match fs::symlink_metadata(path) {
-        Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => Ok(Some(file)),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("stat", path)(e)),
-    }
+#[derive(Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
 }
 
 /// flock(2) without waiting: true when taken, false when someone holds it.
-fn try_lock(file: &File, kind: libc::c_int) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), kind | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
-    }
-}
-
-/// rename(2) that never replaces an existing name. Where the file system
-/// lacks RENAME_NOREPLACE, link(2) then unlink(2), which also refuses to
-/// replace. If the target already is the same file (a crash between that
-/// link and unlink), the old name is just removed.
-fn move_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (c_from, c_to) = (c(from)?, c(to)?);
-    // SAFETY: valid NUL-terminated paths; renameat2 through syscall(2) so
-    // it works with any libc.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            c_from.as_ptr(),
-            libc::AT_FDCWD,
-            c_to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
+fn try_lock(file: &File, kind: Lock) -> io::Result<bool> {
+    use rustix::fs::FlockOperation;
+    let op = match kind {
+        Lock::Shared => FlockOperation::NonBlockingLockShared,
+        Lock::Exclusive => FlockOperation::NonBlockingLockExclusive,
     };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EINVAL | libc::ENOSYS) => match fs::hard_link(from, to) {
-            Ok(()) => fs::remove_file(from),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_inode(from, to) => {
-                fs::remove_file(from)
-            }
-            Err(e) => Err(e),
-        },
-        Some(libc::EEXIST) if same_inode(from, to) => fs::remove_file(from),
-        _ => Err(err),
-    }
-}
-
-fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// fsync(2) of a directory, so the names in it survive a crash.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
-}
-
-/// Creates `path` as a 0770 directory unless it exists; refuses anything
-/// that is not a real directory. `gid`: the group to give a new folder.
-fn ensure_dir(path: &Path, gid: Option<u32>) -> Result<(), StoreError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(io_err("open", path)(io::Error::from_raw_os_error(
-                libc::ENOTDIR,
-            )));
+    loop {
+        match rustix::fs::flock(file.as_fd(), op) {
+            Ok(()) => return Ok(true),
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("stat", path)(e)),
     }
-    match DirBuilder::new().mode(DIR_MODE).create(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return ensure_dir(path, gid),
-        Err(e) => return Err(io_err("mkdir", path)(e)),
-    }
-    let made = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-    let mode = made.permissions().mode();
-    if mode & 0o777 != DIR_MODE {
-        // The umask took bits away: the umask must not decide who can use
-        // the spool. Keep the setgid bit a setgid parent passed on (the
-        // packaging makes route folders 2770 so everything stays in the
-        // group mailpipe); where setting it is refused (systemd's
-        // RestrictSUIDSGID=), plain 0770 still works with the group below.
-        let want = DIR_MODE | (mode & SETGID);
-        fs::set_permissions(path, fs::Permissions::from_mode(want))
-            .or_else(|_| fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)))
-            .map_err(io_err("chmod", path))?;
-    }
-    if let Some(gid) = gid
-        && made.gid() != gid
-    {
-        // Best effort: only possible when we are in that group.
-        let _ = std::os::unix::fs::chown(path, None, Some(gid));
-    }
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-/// (seconds, microseconds) from a name `deliver` made:
-/// `<secs>.M<usec>P<pid>…` (the maildir convention).
-fn arrival_from_name(name: &str) -> Option<(u64, u32)> {
-    let (secs, rest) = name.split_once('.')?;
-    let secs = secs.parse().ok()?;
-    let usec = rest
-        .strip_prefix('M')
-        .map(|r| {
-            let digits: String = r.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().unwrap_or(0)
-        })
-        .unwrap_or(0);
-    Some((secs, usec))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arrival_comes_from_maildir_names() {
-        let table = [
-            (
-                "1700000000.M000123P77R00ff.host",
-                Some((1_700_000_000, 123)),
-            ),
-            ("1700000000.P77.host", Some((1_700_000_000, 0))),
-            (
-                "1700000000.M999999P1Q4F.host:2,S",
-                Some((1_700_000_000, 999_999)),
-            ),
-            ("hello", None),
-            ("x.M1", None),
-        ];
-        for (name, want) in table {
-            assert_eq!(arrival_from_name(name), want, "{name}");
-        }
-    }
 
     #[test]
     fn state_round_trips_and_tolerates_missing_fields() {

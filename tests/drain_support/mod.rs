@@ -361,6 +361,9 @@ impl Fixture {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("spool")).unwrap();
+        // The packaged layout (src/layout.rs): the drain's account owns the
+        // spool; the drain, run as root here, becomes that account.
+        give_to_drain(&dir.join("spool"), mailpipe::layout::DRAIN_DIR_MODE);
         let f = Fixture {
             spool: dir.join("spool"),
             config: dir.join("mailpipe.toml"),
@@ -431,8 +434,8 @@ impl Fixture {
     /// time is `age_rank` seconds after a fixed point (lower = older).
     /// Returns its name and bytes.
     pub fn add(&self, route: &str, n: usize, age_rank: u64) -> (String, Vec<u8>) {
+        self.make_route(route);
         let new = self.folder(route, "new");
-        fs::create_dir_all(&new).unwrap();
         let name = format!(
             "{}.M{:06}P{}R{:016x}.testhost",
             1_700_000_000 + age_rank,
@@ -443,6 +446,23 @@ impl Fixture {
         let body = message(route, n);
         fs::write(new.join(&name), &body).unwrap();
         (name, body)
+    }
+
+    /// Creates the route's folders as the packages do (src/layout.rs),
+    /// owned by the drain's account; existing ones are left as they are.
+    pub fn make_route(&self, route: &str) {
+        let dir = self.spool.join(route);
+        if !dir.exists() {
+            fs::create_dir(&dir).unwrap();
+            give_to_drain(&dir, mailpipe::layout::DRAIN_DIR_MODE);
+        }
+        for folder in mailpipe::layout::Folder::ALL {
+            let sub = dir.join(folder.as_str());
+            if !sub.exists() {
+                fs::create_dir(&sub).unwrap();
+                give_to_drain(&sub, folder.mode());
+            }
+        }
     }
 
     /// Spools `count` messages numbered from `first`, oldest first.
@@ -515,6 +535,35 @@ impl Fixture {
             .expect("spawn drain");
         Daemon { child, log }
     }
+}
+
+/// uid of `name` and gid of `group`, from id(1).
+pub fn ids(name: &str, group: &str) -> (u32, u32) {
+    let id = |args: &[&str]| -> u32 {
+        let out = Command::new("id").args(args).output().expect("id");
+        assert!(out.status.success(), "id {args:?}: run scripts/install-test-deps");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let gid = Command::new("getent")
+        .args(["group", group])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(':')
+                .nth(2)
+                .and_then(|g| g.parse().ok())
+        })
+        .expect("group exists (scripts/install-test-deps)");
+    (id(&["-u", name]), gid)
+}
+
+/// Gives `path` to mailpipe-drain:mailpipe with `mode`, as tmpfiles.d does.
+pub fn give_to_drain(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = ids("mailpipe-drain", "mailpipe");
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// A drain running in the background.
