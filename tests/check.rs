@@ -295,7 +295,56 @@ fn broken_configs_and_spools_each_have_their_own_message() {
         c.text
     );
     fs::remove_file(route.join("new")).unwrap();
-    fs::remove_dir_all(&route).unwrap();
+    postfix_support::make_spool_layout(&inst.spool);
+
+    // The trust boundary (src/layout.rs): the deliver account writes only
+    // tmp/ and new/.
+    let work = route.join("work");
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o2770)).unwrap();
+    let c = check(&inst, &inst.config_file, &[]);
+    assert!(
+        errors(&c)
+            .iter()
+            .any(|l| l.contains("work is writable by mailpipe, who may write only tmp/ and new/")),
+        "{}",
+        c.text
+    );
+    fs::remove_dir(&work).unwrap();
+    std::os::unix::fs::symlink("/root", &work).unwrap();
+    let c = check(&inst, &inst.config_file, &[]);
+    assert!(
+        errors(&c)
+            .iter()
+            .any(|l| l.contains("work is a symbolic link")),
+        "{}",
+        c.text
+    );
+    fs::remove_file(&work).unwrap();
+    let (mp_uid, mp_gid) = {
+        let id = |f: &str| {
+            let o = Command::new("id").args([f, "mailpipe"]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().unwrap()
+        };
+        (id("-u"), id("-g"))
+    };
+    std::os::unix::fs::chown(&route, Some(mp_uid), Some(mp_gid)).unwrap();
+    std::os::unix::fs::chown(&inst.spool, Some(mp_uid), Some(mp_gid)).unwrap();
+    let c = check(&inst, &inst.config_file, &[]);
+    assert!(
+        errors(&c).iter().any(|l| l.contains("spool is writable by mailpipe")),
+        "{}",
+        c.text
+    );
+    assert!(
+        errors(&c)
+            .iter()
+            .any(|l| l.contains("incoming_email is writable by mailpipe")),
+        "{}",
+        c.text
+    );
+    postfix_support::make_spool_layout(&inst.spool);
+    let c = check(&inst, &inst.config_file, &[]);
+    assert_eq!(c.code, 0, "the packaged layout passes again: {}", c.text);
 
     // The drain's settings: GitLab's URL and a secret GitLab would accept.
     let good_secret = inst.dir.join("etc/mailpipe/good.secret");

@@ -8,7 +8,7 @@
 //! D/data/        Postfix data (owned by postfix)
 //! D/bin/mailpipe copy of the binary under test, executable by the mailpipe user
 //! D/etc/mailpipe mailpipe.toml (and aliases, procmailrc for the local(8) variants)
-//! D/spool/       mailpipe's spool root (owned by mailpipe)
+//! D/spool/       mailpipe's spool (the packaged layout, owned by mailpipe-drain)
 //! D/bounces/     Maildir of tester@localhost, the local sender that gets DSNs
 //! D/home/<user>/ .forward files (forward_path points here)
 //! D/maillog      Postfix's log (maillog_file)
@@ -147,9 +147,25 @@ fn user_ids(name: &str) -> (u32, u32) {
 
 fn mkdir(p: &Path, mode: u32, owner: Option<(u32, u32)>) {
     fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    // chown first: it may clear the setgid bit.
     if let Some((u, g)) = owner {
         chown(p, Some(u), Some(g)).unwrap();
+    }
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The spool as packaging/tmpfiles.d/mailpipe.conf makes it (the layout of
+/// src/layout.rs): everything mailpipe-drain:mailpipe; the deliver account
+/// writes only tmp/ and new/ through the group.
+pub fn make_spool_layout(spool: &Path) {
+    use mailpipe::layout::{DRAIN_DIR_MODE, Folder};
+    let drain = (user_ids("mailpipe-drain").0, user_ids("mailpipe").1);
+    mkdir(spool, DRAIN_DIR_MODE, Some(drain));
+    for route in ["incoming_email", "service_desk_email"] {
+        mkdir(&spool.join(route), DRAIN_DIR_MODE, Some(drain));
+        for folder in Folder::ALL {
+            mkdir(&spool.join(route).join(folder.as_str()), folder.mode(), Some(drain));
+        }
     }
 }
 
@@ -322,9 +338,9 @@ impl Instance {
             mkdir(&d.join(sub), 0o755, None);
         }
         mkdir(&d.join("data"), 0o700, Some(postfix));
-        // The spool root as postfix/README.md tells the admin to create it;
-        // mailpipe creates the Maildirs below it.
-        mkdir(&self.spool, 0o750, Some(mp));
+        // The spool as postfix/README.md tells the admin to create it (the
+        // packages' tmpfiles.d layout).
+        make_spool_layout(&self.spool);
         // tester@localhost's mailbox: written by local(8) as default_privs (nobody)
         // because the alias table is root's.
         mkdir(&self.bounces, 0o755, Some(nobody));
@@ -717,20 +733,20 @@ impl Instance {
     }
 
     /// Make the spool unwritable for the mailpipe user (or writable again):
-    /// the root and whatever Maildir folders exist below it.
+    /// the two folders it writes, tmp/ and new/.
     pub fn spool_writable(&self, writable: bool) {
-        let mode = if writable { 0o750 } else { 0o550 };
-        let mut dirs = vec![self.spool.clone()];
+        let mode = if writable {
+            mailpipe::layout::DELIVER_DIR_MODE
+        } else {
+            0o2750
+        };
         for route in ["incoming_email", "service_desk_email"] {
-            for sub in ["", "tmp", "new", "cur"] {
+            for sub in ["tmp", "new"] {
                 let p = self.spool.join(route).join(sub);
                 if p.is_dir() {
-                    dirs.push(p);
+                    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
                 }
             }
-        }
-        for d in dirs {
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
         }
     }
 }
