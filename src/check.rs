@@ -702,6 +702,7 @@ impl Account {
     }
 
     /// Write and search permission on a directory, by its mode bits.
+    #[allow(dead_code)]
     fn can_write(&self, dir: &Path) -> bool {
         let Ok(m) = std::fs::metadata(dir) else {
             return false;

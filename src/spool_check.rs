@@ -88,7 +88,10 @@ pub fn check(config: &Config, deliver: &DeliverAccount) -> Vec<SpoolFinding> {
         Err(e) => {
             out.error(
                 subject,
-                format!("{} is missing ({e}); deliver defers every message", show(root)),
+                format!(
+                    "{} is missing ({e}); deliver defers every message",
+                    show(root)
+                ),
                 format!(
                     "install -d -m 2750 -o mailpipe-drain -g mailpipe {0}, or \
                      systemd-tmpfiles --create mailpipe.conf",

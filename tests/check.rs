@@ -323,7 +323,10 @@ fn broken_configs_and_spools_each_have_their_own_message() {
     let (mp_uid, mp_gid) = {
         let id = |f: &str| {
             let o = Command::new("id").args([f, "mailpipe"]).output().unwrap();
-            String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().unwrap()
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u32>()
+                .unwrap()
         };
         (id("-u"), id("-g"))
     };
@@ -331,7 +334,9 @@ fn broken_configs_and_spools_each_have_their_own_message() {
     std::os::unix::fs::chown(&inst.spool, Some(mp_uid), Some(mp_gid)).unwrap();
     let c = check(&inst, &inst.config_file, &[]);
     assert!(
-        errors(&c).iter().any(|l| l.contains("spool is writable by mailpipe")),
+        errors(&c)
+            .iter()
+            .any(|l| l.contains("spool is writable by mailpipe")),
         "{}",
         c.text
     );

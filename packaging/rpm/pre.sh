@@ -10,12 +10,15 @@ if command -v systemd-sysusers >/dev/null 2>&1; then
 # /usr/lib/sysusers.d/mailpipe.conf and applied by the package scripts with
 # systemd-sysusers. Accounts that already exist are left as they are.
 #
-# mailpipe        runs `mailpipe deliver` (Postfix master.cf: user=mailpipe)
-#                 and owns the spool. It parses mail from the Internet, so it
-#                 holds no secret.
-# mailpipe-drain  runs `mailpipe drain` (packaging/systemd/mailpipe-drain.service).
-#                 It reads GitLab's mail_room secret and reaches the spool
-#                 only through the group mailpipe.
+# mailpipe        runs `mailpipe deliver` (Postfix master.cf: user=mailpipe).
+#                 It parses mail from the Internet, so it is assumed to be
+#                 taken over: it holds no secret and may write only the
+#                 spool's tmp/ and new/ folders (through the group mailpipe).
+# mailpipe-drain  runs `mailpipe drain` (packaging/systemd/mailpipe-drain.service)
+#                 and owns the spool (tmpfiles.d/mailpipe.conf). It reads
+#                 GitLab's mail_room secret (group mailpipe-drain) and the
+#                 messages (group mailpipe). `mailpipe queue`, `requeue` and
+#                 `drain` run as root become this account.
 #
 #Type Name           ID  GECOS                    Home directory     Shell
 u     mailpipe       -   "mailpipe delivery"      /var/lib/mailpipe  /usr/sbin/nologin

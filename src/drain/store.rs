@@ -172,7 +172,9 @@ fn slot(folder: Folder) -> usize {
 /// Refuses a folder the drain's account cannot trust: not a folder, owned
 /// by another account, or (for the drain's own folders) writable by others.
 fn vet(dir: &Dir, drain_only: bool) -> Result<(), StoreError> {
-    let meta = dir.meta().map_err(io_err("stat", dir.path().to_path_buf()))?;
+    let meta = dir
+        .meta()
+        .map_err(io_err("stat", dir.path().to_path_buf()))?;
     let euid = layout::euid();
     let why = if drain_only {
         layout::drain_only_reason(&meta, euid)
@@ -206,7 +208,11 @@ impl RouteSpool {
     /// `RootMissing` without the root, `Unsafe` when a folder is not the
     /// drain's to trust, `Io` when a folder cannot be created or opened
     /// (a symbolic link is refused).
-    pub fn open(root: &Path, route: Route, max_message_bytes: u64) -> Result<RouteSpool, StoreError> {
+    pub fn open(
+        root: &Path,
+        route: Route,
+        max_message_bytes: u64,
+    ) -> Result<RouteSpool, StoreError> {
         let root_dir = open_root(root)?;
         let path = root.join(route.as_str());
         let route_dir = root_dir
@@ -496,7 +502,9 @@ impl RouteSpool {
             match work.move_noreplace(&entry.name, new, &entry.name) {
                 Ok(()) => count += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => problems.push(io_err("put back", self.path(Folder::Work, &entry.name))(e)),
+                Err(e) => {
+                    problems.push(io_err("put back", self.path(Folder::Work, &entry.name))(e))
+                }
             }
         }
         self.remove_stale_tmp();
@@ -657,7 +665,10 @@ impl Claim<'_> {
     }
 
     fn move_back(&self) -> Result<(), StoreError> {
-        let (work, new) = (self.spool.need(Folder::Work)?, self.spool.need(Folder::New)?);
+        let (work, new) = (
+            self.spool.need(Folder::Work)?,
+            self.spool.need(Folder::New)?,
+        );
         work.move_noreplace(&self.name, new, &self.name)
             .map_err(io_err("release", self.spool.path(Folder::Work, &self.name)))
     }
@@ -678,9 +689,10 @@ impl Claim<'_> {
         work.move_noreplace(&self.name, failed, &self.name)
             .map_err(io_err("move to failed/", from))?;
         self.settled = true;
-        failed
-            .sync()
-            .map_err(io_err("fsync", self.spool.dir.join(Folder::Failed.as_str())))?;
+        failed.sync().map_err(io_err(
+            "fsync",
+            self.spool.dir.join(Folder::Failed.as_str()),
+        ))?;
         work.sync()
             .map_err(io_err("fsync", self.spool.dir.join(Folder::Work.as_str())))
     }

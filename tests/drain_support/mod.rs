@@ -489,6 +489,11 @@ impl Fixture {
         self.names_in(route, folder).len()
     }
 
+    /// How many sidecars `state/` holds.
+    pub fn names_with_state(&self, route: &str) -> usize {
+        self.count(route, "state")
+    }
+
     /// The sidecar of a message, parsed.
     pub fn state(&self, route: &str, name: &str) -> Option<serde_json::Value> {
         let text = fs::read(self.folder(route, "state").join(name)).ok()?;
@@ -541,7 +546,10 @@ impl Fixture {
 pub fn ids(name: &str, group: &str) -> (u32, u32) {
     let id = |args: &[&str]| -> u32 {
         let out = Command::new("id").args(args).output().expect("id");
-        assert!(out.status.success(), "id {args:?}: run scripts/install-test-deps");
+        assert!(
+            out.status.success(),
+            "id {args:?}: run scripts/install-test-deps"
+        );
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     let gid = Command::new("getent")

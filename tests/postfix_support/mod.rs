@@ -164,7 +164,11 @@ pub fn make_spool_layout(spool: &Path) {
     for route in ["incoming_email", "service_desk_email"] {
         mkdir(&spool.join(route), DRAIN_DIR_MODE, Some(drain));
         for folder in Folder::ALL {
-            mkdir(&spool.join(route).join(folder.as_str()), folder.mode(), Some(drain));
+            mkdir(
+                &spool.join(route).join(folder.as_str()),
+                folder.mode(),
+                Some(drain),
+            );
         }
     }
 }
