@@ -355,7 +355,11 @@ impl Pending<'_> {
             // never retry and trust it (H-55).
             return Err(self.io_err("fsync", io::Error::last_os_error()));
         }
-        let owned = self.file.take().expect("file is open until commit");
+        // The file is open until here (fsync above used it); if it were not,
+        // defer like any failed close rather than panic.
+        let Some(owned) = self.file.take() else {
+            return Err(self.io_err("close", io::Error::from_raw_os_error(libc::EBADF)));
+        };
         fault_point("close");
         // SAFETY: we own the fd; close(2) reports late NFS errors, and
         // Rust's File drop would ignore them.

@@ -9,6 +9,10 @@
 //! The benchmark is an ignored test here too, so it shares the stand-in:
 //! `bench/drain.sh` runs it in release mode.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod drain_support;
 
 use std::collections::HashSet;

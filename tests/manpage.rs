@@ -13,6 +13,10 @@
 //! The EXIT STATUS table of the man page is taken from README.md's "Exit
 //! status" table, so the two always say the same thing.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

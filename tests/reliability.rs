@@ -18,6 +18,10 @@
 //! (plain `cargo test`), where the MAILPIPE_FAULT switch is compiled in.
 //! tests/RELIABILITY.md records what was run and what held.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod reliability_support;
 
 use std::fs;
