@@ -217,6 +217,30 @@ fn row_usage_error_defers() {
     expect(&run, 75, "4.3.5 ");
 }
 
+/// Only `deliver` answers Postfix: a usage error of the commands people run
+/// exits 64 with clap's text on stderr and nothing on stdout, while one
+/// without a recognisable command defers like `deliver`'s (a master.cf typo
+/// must not bounce, and no command at all must not "deliver" with exit 0).
+#[test]
+fn usage_errors_of_admin_commands_are_64_on_stderr() {
+    let s = TestSpool::new("admin-usage");
+    for cmd in ["check", "explain", "queue", "requeue", "drain"] {
+        let run = support::run(&s.config, cmd, &["--no-such-flag"], b"");
+        assert_eq!(run.code, 64, "{cmd}: {run:?}");
+        assert_eq!(run.stdout, "", "{cmd}: nothing for Postfix on stdout");
+        assert!(
+            run.stderr.contains("--no-such-flag") && !run.stderr.starts_with("4."),
+            "{cmd}: {:?}",
+            run.stderr
+        );
+    }
+    for argv in [&["delivr"][..], &[]] {
+        let out = Command::new(BIN).args(argv).output().unwrap();
+        let run = support::finish(out);
+        expect(&run, 75, "4.3.5 ");
+    }
+}
+
 #[test]
 fn row_spool_missing_or_unusable_defers() {
     let s = TestSpool::new("row-spool");
