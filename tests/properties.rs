@@ -355,7 +355,8 @@ fn auto_replies_are_dropped_whatever_the_key() {
     });
 }
 
-/// Hostile sizes (reference H-11..H-14, H-26, H-36) at the default header
+/// Hostile sizes (one huge line, thousands of Received lines or References
+/// ids, nested comments, `for <<` runs, folds) at the default header
 /// cap of 256 KiB: each decision must be far below the 2 s the fuzzer
 /// allows, even in a debug build.
 #[test]

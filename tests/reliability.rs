@@ -745,7 +745,7 @@ fn slow_fsync_hits_the_deadline() {
     }
 }
 
-/// A read error on stdin defers (H-46); an interrupted read is retried.
+/// A read error on stdin defers; an interrupted read is retried.
 #[test]
 fn stdin_read_errors_defer_and_eintr_is_retried() {
     require_root_and_strace();

@@ -423,7 +423,8 @@ impl RouteSpool {
         remove_older_than(&self.dir.join(STATE_DIR), STALE_TMP, |name| {
             name.starts_with(b".") && name.ends_with(b".tmp")
         });
-        // Deliveries that died in tmp/ (maildir spec; rule R15).
+        // Deliveries that died in tmp/: maildir(5) lets readers remove tmp/
+        // files not accessed for 36 hours (https://cr.yp.to/proto/maildir.html).
         remove_older_than(&self.dir.join("tmp"), ABANDONED_DELIVERY, |_| true);
     }
 
