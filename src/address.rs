@@ -6,7 +6,8 @@
 //! Fails: by returning `None` / `Err`; never panics on any input.
 //!
 //! GitLab builds `\A<?prefix(.+)suffix>?\z` from the configured address and
-//! matches it case-sensitively against raw header text (reference §2.4). We
+//! matches it case-sensitively against raw header text (`address_regex` in
+//! `gems/gitlab-email_handler/lib/gitlab/email_handler/mail_key.rb`). We
 //! match parsed addr-specs instead, compare the fixed parts without regard to
 //! ASCII case (domains are case-insensitive, RFC 5321 §2.4) and keep the key's
 //! case, then hold the key to a strict alphabet before it goes anywhere.
@@ -140,7 +141,7 @@ impl Template {
         }
     }
 
-    /// GitLab's own match (reference §2.4): `\A<?prefix(.+)suffix>?\z`,
+    /// GitLab's own match (`MailKey.address_regex`): `\A<?prefix(.+)suffix>?\z`,
     /// case-sensitive, greedy, no alphabet. Used only to predict what GitLab
     /// will find in the stored copy.
     pub fn gitlab_key_of<'a>(&self, raw: &'a str) -> Option<&'a str> {

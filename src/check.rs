@@ -118,8 +118,9 @@ impl Report {
     }
 }
 
-/// Runs `mailpipe check` and prints the report; exit 1 on any error.
-pub fn main(args: &crate::cli::CheckArgs) -> std::process::ExitCode {
+/// Runs `mailpipe check` and prints the report; `Failed` (exit 1) on any
+/// error.
+pub fn main(args: &crate::cli::CheckArgs) -> crate::status::AdminOutcome {
     use std::io::Write;
     let report = run(&Options {
         config: args.config.clone(),
@@ -136,11 +137,7 @@ pub fn main(args: &crate::cli::CheckArgs) -> std::process::ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-    if report.errors == 0 {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::from(1)
-    }
+    crate::status::AdminOutcome::from_success(report.errors == 0)
 }
 
 /// Runs every check.

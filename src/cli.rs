@@ -3,6 +3,10 @@
 //! Must not: do I/O or load the configuration.
 //! Fails: a usage error of `deliver` must defer (75), never clap's own exit
 //! 2, which Postfix would bounce; `main.rs` maps [`ParseOutcome::Usage`].
+//! A usage error of any other command is [`ParseOutcome::AdminUsage`]
+//! (exit 64, text on stderr): those are run by people, not by Postfix. When
+//! the command cannot be told (none, or a misspelt one), it is `Usage`, so a
+//! typo in master.cf still defers.
 
 use std::path::PathBuf;
 
@@ -137,8 +141,11 @@ pub enum ParseOutcome {
     Run(Cli),
     /// `--help` or `--version`: print this and exit 0.
     Info(String),
-    /// A usage error: defer with this text.
+    /// A usage error of `deliver` (or of an unknown command): defer with
+    /// this one line.
     Usage(String),
+    /// A usage error of an admin command: clap's full text, for stderr.
+    AdminUsage(String),
 }
 
 /// Parses `args` without letting clap exit the process.
@@ -147,14 +154,21 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    match Cli::try_parse_from(&args) {
         Ok(cli) => ParseOutcome::Run(cli),
         Err(e) => match e.kind() {
-            clap::error::ErrorKind::DisplayHelp
-            | clap::error::ErrorKind::DisplayVersion
-            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 ParseOutcome::Info(e.render().to_string())
             }
+            // No command at all: exit 0 would tell Postfix (argv= without
+            // `deliver`) that the message was delivered, and lose it.
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                if !is_admin_command(args.get(1)) =>
+            {
+                ParseOutcome::Usage("no command given (see mailpipe --help)".into())
+            }
+            _ if is_admin_command(args.get(1)) => ParseOutcome::AdminUsage(e.render().to_string()),
             _ => {
                 let text = e.render().to_string();
                 let first = text.lines().next().unwrap_or("usage error").to_string();
@@ -162,6 +176,19 @@ where
             }
         },
     }
+}
+
+/// True when `word` (the first argument) names a command other than
+/// `deliver`: every subcommand clap knows, so a new one is included.
+fn is_admin_command(word: Option<&std::ffi::OsString>) -> bool {
+    use clap::CommandFactory;
+    let Some(word) = word.and_then(|w| w.to_str()) else {
+        return false;
+    };
+    word != "deliver"
+        && Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == word || c.get_all_aliases().any(|a| a == word))
 }
 
 #[cfg(test)]
@@ -192,5 +219,30 @@ mod tests {
             parse(["mailpipe", "--version"]),
             ParseOutcome::Info(_)
         ));
+    }
+
+    #[test]
+    fn only_deliver_and_unknown_commands_defer_on_usage_errors() {
+        for admin in ["check", "explain", "queue", "requeue", "drain"] {
+            assert!(
+                matches!(
+                    parse(["mailpipe", admin, "--bogus"]),
+                    ParseOutcome::AdminUsage(_)
+                ),
+                "{admin}"
+            );
+        }
+        // A misspelt command, or none but a bad flag: Postfix may be the
+        // caller, so defer.
+        for postfix in [
+            &["mailpipe", "delivr"][..],
+            &["mailpipe", "--bogus"],
+            &["mailpipe"],
+        ] {
+            assert!(
+                matches!(parse(postfix.iter().copied()), ParseOutcome::Usage(_)),
+                "{postfix:?}"
+            );
+        }
     }
 }

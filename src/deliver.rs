@@ -18,7 +18,7 @@ use crate::headers;
 use crate::log;
 use crate::lookup::Envelope;
 use crate::spool::{self, Maildir, SpoolError};
-use crate::status::{Deferral, Rejection, Status, write_raw};
+use crate::status::{self, AdminOutcome, Deferral, Rejection, Status, write_raw};
 
 const STDIN: i32 = 0;
 /// Bytes asked of stdin per read while looking for the end of the headers.
@@ -137,8 +137,9 @@ fn mbox_from_line(bytes: &[u8]) -> Option<usize> {
 /// Seconds between mailpipe's own deadline and the SIGKILL fallback.
 const KILL_GRACE_SECS: u64 = 2;
 
-/// The deadline's report line, prepared before the alarm can fire: a
-/// signal handler may not allocate.
+/// The deadline's report line, rendered by `status.rs` (`status::deadline`)
+/// before the alarm can fire: a signal handler may not allocate or format.
+/// Its exit code is `status::DEADLINE_EXIT`.
 static DEADLINE_LINE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static DEADLINE_LEN: AtomicUsize = AtomicUsize::new(0);
 
@@ -153,11 +154,11 @@ extern "C" fn on_deadline(_signal: libc::c_int) {
         write_raw(1, unsafe { std::slice::from_raw_parts(ptr, len) });
     }
     // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(75) }
+    unsafe { libc::_exit(i32::from(status::DEADLINE_EXIT)) }
 }
 
 /// Starts the deadline. After `secs`, SIGALRM's handler removes the tmp
-/// file, reports 4.4.7 and exits 75; it runs as soon as the blocked system
+/// file, reports `status::deadline` (4.4.7, exit 75); it runs as soon as the blocked system
 /// call returns (a read from a stalled pipe returns at once). A killable
 /// wait, such as an fsync on a hung NFS server, is not interrupted by a
 /// handled signal, so a POSIX timer sends SIGKILL `KILL_GRACE_SECS` later:
@@ -165,9 +166,8 @@ extern "C" fn on_deadline(_signal: libc::c_int) {
 /// limit would kill us and bounce. Signals, not a watchdog thread: a thread
 /// costs more than the rest of a small delivery behind Postfix.
 fn start_deadline(secs: u64) {
-    let line = format!(
-        "4.4.7 mailpipe: deadline of {secs}s (limits.deadline_secs) exceeded; message deferred\n"
-    );
+    let status = status::deadline(secs);
+    let line = status.report_line().unwrap_or_default() + "\n";
     let leaked: &'static mut [u8] = Box::leak(line.into_bytes().into_boxed_slice());
     DEADLINE_LEN.store(leaked.len(), Ordering::SeqCst);
     DEADLINE_LINE.store(leaked.as_mut_ptr(), Ordering::SeqCst);
@@ -279,8 +279,9 @@ fn spool_status(e: &SpoolError) -> Status {
 }
 
 /// Runs `mailpipe explain`: the same decision as `deliver`, nothing
-/// written, one JSON object on stdout.
-pub fn explain(args: &EnvelopeArgs) -> Status {
+/// written, one JSON object on stdout. It always succeeds (the JSON's
+/// `exit_code` is what `deliver` would answer).
+pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
     let envelope = envelope(args);
     let (decision, status) = match Config::load(&args.config) {
         Err(e) => (None, Status::Deferred(Deferral::Config, e.to_string())),
@@ -304,7 +305,7 @@ pub fn explain(args: &EnvelopeArgs) -> Status {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json.unwrap_or_else(|_| "{}".into()));
     let _ = out.flush();
-    status
+    AdminOutcome::Ok
 }
 
 /// What storing would say, without writing: the size limit (counting the

@@ -4,10 +4,13 @@
 //! Fails: `None` when no handler, current or legacy, accepts the key.
 //!
 //! GitLab tries its handlers in a fixed order and the first whose pattern
-//! matches takes the message (reference §4.1–4.3). We accept the union of
-//! the current patterns (gems/gitlab-email_handler) and the legacy ones that
-//! GitLab 11–17 still honoured, so that no GitLab version's valid key is
-//! bounced at the MTA. The patterns below are GitLab's, anchored as GitLab
+//! matches takes the message (`Identifier::MATCHERS` in
+//! `gems/gitlab-email_handler/lib/gitlab/email_handler/identifier.rb`; the
+//! patterns are in its `matchers/*.rb` and `reply_key.rb`, and the
+//! application's order in `lib/gitlab/email/handler.rb`). We accept the
+//! union of the current patterns and the legacy ones that GitLab 11–17
+//! still honoured, so that no GitLab version's valid key is bounced at the
+//! MTA. The patterns below are GitLab's, anchored as GitLab
 //! anchors them.
 
 use std::fmt;
@@ -164,7 +167,8 @@ mod tests {
         }
     }
 
-    /// The gem's identifier_spec vectors (reference §7.3), plus legacy forms.
+    /// The vectors of `gems/gitlab-email_handler/spec/gitlab/email_handler/identifier_spec.rb`
+    /// and `spec/lib/gitlab/email/handler/*_spec.rb`, plus legacy forms.
     #[test]
     fn gitlab_identifier_vectors() {
         let cases = [

@@ -6,8 +6,8 @@
 //! Fails: never; anything malformed simply yields no candidate.
 //!
 //! Address lists are read with the small RFC 5322 §3.4 reader below rather
-//! than a crate: mailparse 0.18 and mail-parser 0.11 both mis-read inputs the
-//! hostile-input table requires (`"reply+K"@ex.com`, `reply+K(c)@ex.com`,
+//! than a crate: mailparse 0.18 and mail-parser 0.11 both mis-read inputs
+//! tests/deliver.rs holds us to (`"reply+K"@ex.com`, `reply+K(c)@ex.com`,
 //! nested comments, `, a@x`), and a wrong address here routes mail to the
 //! wrong GitLab thread.
 
@@ -19,7 +19,9 @@ use crate::headers::HeaderSection;
 pub const ENVELOPE: &str = "envelope";
 
 /// Address headers after `To` and `References`, in GitLab's order
-/// (reference §2.2); `Received` sits between X-Envelope-To and X-Original-To.
+/// (`MailKey::RECIPIENT_HEADERS` in
+/// `gems/gitlab-email_handler/lib/gitlab/email_handler/mail_key.rb`);
+/// `Received` sits between X-Envelope-To and X-Original-To.
 const RAW_VALUED: [&str; 4] = [
     "Delivered-To",
     "X-Delivered-To",
@@ -278,7 +280,10 @@ fn read_quoted(chars: &mut std::str::Chars, into: &mut String) -> bool {
 }
 
 /// Where GitLab's own receiver looks, in its order, with its quirks
-/// (reference §2.2–2.6): To and Cc parsed, References only as a list of two
+/// (`MailKey.each_candidate`, `reference_message_ids` and
+/// `received_recipients` in
+/// `gems/gitlab-email_handler/lib/gitlab/email_handler/mail_key.rb`): To
+/// and Cc parsed, References only as a list of two
 /// or more ids (or one it cannot parse), the other headers as raw values
 /// matched case-sensitively, Received by `for\s+<([^<]+)>`. Returns the
 /// key GitLab would use and where it would find it.
@@ -305,7 +310,9 @@ pub fn gitlab_key(
         let text = field.text();
         let ids = message_ids(&text);
         // The mail gem returns a single well-formed id as a bare String,
-        // which GitLab's scan then misses (reference §2.5).
+        // which GitLab's scan for `<…>` (`MailKey.scan_fallback_references`)
+        // then misses: the mail gem's `CommonMessageIdField#default` returns
+        // `message_ids[0]` when there is exactly one.
         let single = ids.len() == 1 && text.trim().starts_with('<') && text.trim().ends_with('>');
         if !single {
             let hit = ids.iter().find_map(|id| {

@@ -1,16 +1,19 @@
 //! The `mailpipe` binary: install the panic hook, parse the command line,
-//! run the command, and turn its `Status` into the process exit code.
+//! run the command, and turn its outcome into the process exit code
+//! (`deliver`: a `Status`; every other command: an `AdminOutcome`; both
+//! mapped by `status.rs`).
 //!
 //! Must not: contain logic, read configuration, or call `process::exit`
 //! outside the panic hook.
 //! Fails: never with a code other than 0, 65, 67 or 75 from `deliver`; a
 //! panic is reported as 4.3.0 and exits 75 (see `status::install_panic_hook`).
+//! The admin commands exit 0, 1, 64 (usage) or 70 (a panic).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
-use mailpipe::status::{self, Deferral, Status};
+use mailpipe::status::{self, AdminOutcome, Deferral, Status};
 use mailpipe::{check, deliver, drain, spool};
 
 fn main() -> ExitCode {
@@ -21,29 +24,43 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 
-    let status = match cli::parse(std::env::args_os()) {
+    let command = match cli::parse(std::env::args_os()) {
         ParseOutcome::Info(text) => {
             let _ = std::io::stdout().write_all(text.as_bytes());
             return ExitCode::SUCCESS;
         }
-        ParseOutcome::Usage(text) => Status::Deferred(Deferral::Config, format!("usage: {text}")),
-        ParseOutcome::Run(cli) => match cli.command {
-            Command::Deliver(args) => deliver::deliver(&args),
-            Command::Explain(args) => {
-                deliver::explain(&args);
-                return ExitCode::SUCCESS;
-            }
-            Command::Check(args) => return check::main(&args),
-            Command::Drain(args) => {
-                restrict_nss_when_static();
-                return exit_code(drain::command(&args));
-            }
-            Command::Queue(args) => return exit_code(drain::queue::command(&args)),
-            Command::Requeue(args) => return exit_code(drain::queue::requeue_command(&args)),
-        },
+        ParseOutcome::Usage(text) => {
+            return postfix(Status::Deferred(Deferral::Config, format!("usage: {text}")));
+        }
+        ParseOutcome::AdminUsage(text) => return admin(|| AdminOutcome::Usage(text)),
+        ParseOutcome::Run(cli) => cli.command,
     };
+    match command {
+        Command::Deliver(args) => postfix(deliver::deliver(&args)),
+        Command::Explain(args) => admin(|| deliver::explain(&args)),
+        Command::Check(args) => admin(|| check::main(&args)),
+        Command::Drain(args) => admin(|| {
+            restrict_nss_when_static();
+            drain::command(&args)
+        }),
+        Command::Queue(args) => admin(|| drain::queue::command(&args)),
+        Command::Requeue(args) => admin(|| drain::queue::requeue_command(&args)),
+    }
+}
+
+/// Ends `deliver`: the one line for Postfix, then its exit code.
+fn postfix(status: Status) -> ExitCode {
     status::report(&status);
     ExitCode::from(status.exit_code())
+}
+
+/// Runs an admin command, which never speaks Postfix's protocol: a panic is
+/// reported on stderr, a usage error too, and the exit status is sysexits'.
+fn admin(run: impl FnOnce() -> AdminOutcome) -> ExitCode {
+    status::install_admin_panic_hook();
+    let outcome = run();
+    status::report_admin(&outcome);
+    ExitCode::from(outcome.exit_code())
 }
 
 /// In a statically linked build, keeps glibc from loading NSS modules
@@ -63,15 +80,5 @@ fn restrict_nss_when_static() {
         unsafe {
             __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
         }
-    }
-}
-
-/// The ordinary exit status of the admin commands (drain, queue, requeue):
-/// they are not run by Postfix.
-fn exit_code(ok: bool) -> ExitCode {
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }

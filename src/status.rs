@@ -1,25 +1,35 @@
-//! Outcomes of one delivery and the only place that turns them into exit
-//! codes and the one-line report Postfix reads.
+//! Outcomes of every command and the only place that turns them into exit
+//! codes: [`Status`] for `deliver` (the one-line report Postfix reads) and
+//! [`AdminOutcome`] for the commands a person or a service manager runs
+//! (`check`, `explain`, `queue`, `requeue`, `drain`).
 //!
-//! Must not: do I/O beyond writing that one line, or know why a module
-//! failed beyond the `Status` it was handed.
+//! Must not: do I/O beyond writing that one line (or an admin command's
+//! usage error on stderr), or know why a module failed beyond the outcome
+//! it was handed.
 //! Fails: never. A panic anywhere becomes `Deferred` through the hook
 //! installed by [`install_panic_hook`], because Postfix bounces exit 101.
 //!
 //! Postfix's pipe(8) contract (`pipe_command.c`, `sys_exits.c`): exit 0 is
 //! delivered, 71 and 75 defer, every other status bounces, and output that
 //! starts with an RFC 3463 enhanced status code overrides the exit status.
-//! So every line we print starts with the code that matches our exit, and
-//! nothing else is ever printed.
+//! So every line `deliver` prints starts with the code that matches its
+//! exit, and nothing else is ever printed. The other commands never speak
+//! that protocol: they exit like interactive tools (sysexits(3): 64 for a
+//! usage error, its text on stderr; 1 for a failure or problems found).
 
 use std::fmt;
 use std::io::Write;
 
 /// sysexits(3) values. The only numbers 64–78 in the crate.
 const EX_OK: u8 = 0;
+const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
+const EX_SOFTWARE: u8 = 70;
 const EX_TEMPFAIL: u8 = 75;
+/// The conventional "it did not work" of an interactive tool (not a
+/// sysexits value: `check` found errors, `drain --once` left mail deferred).
+const EXIT_FAILURE: u8 = 1;
 
 /// What happened to one message, as the MTA must learn it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +144,68 @@ impl fmt::Display for Status {
     }
 }
 
+/// The outcome of `deliver` when mailpipe's own deadline (`limits.deadline_secs`)
+/// fires. The SIGALRM handler cannot format or allocate, so `deliver`
+/// renders this once, before arming the alarm, with [`Status::report_line`],
+/// and the handler writes those bytes and exits with [`DEADLINE_EXIT`].
+pub fn deadline(secs: u64) -> Status {
+    Status::Deferred(
+        Deferral::Deadline,
+        format!("deadline of {secs}s (limits.deadline_secs) exceeded; message deferred"),
+    )
+}
+
+/// `deadline(..).exit_code()`, as a constant the signal handler can use.
+pub const DEADLINE_EXIT: u8 = EX_TEMPFAIL;
+
+/// What an admin command (`check`, `explain`, `queue`, `requeue`, `drain`,
+/// and any command a person or systemd runs) ends with. It has already
+/// printed its own report or errors; this is only the exit status.
+/// A new command returns one of these and gets one match arm in `main.rs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOutcome {
+    /// It did what was asked and found nothing wrong.
+    Ok,
+    /// It failed, or found problems (`check` errors, a deferred message
+    /// after `drain --once`); the reasons are already on stdout/stderr.
+    Failed,
+    /// The command line is wrong: this text goes to stderr.
+    Usage(String),
+}
+
+impl AdminOutcome {
+    /// `Ok` when `ok`, else `Failed`.
+    pub fn from_success(ok: bool) -> AdminOutcome {
+        if ok {
+            AdminOutcome::Ok
+        } else {
+            AdminOutcome::Failed
+        }
+    }
+
+    /// The exit status of an interactive tool.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdminOutcome::Ok => EX_OK,
+            AdminOutcome::Failed => EXIT_FAILURE,
+            AdminOutcome::Usage(_) => EX_USAGE,
+        }
+    }
+}
+
+/// Writes a usage error to stderr (nothing for the other outcomes, which
+/// reported themselves), ignoring a broken stderr.
+pub fn report_admin(outcome: &AdminOutcome) {
+    if let AdminOutcome::Usage(text) = outcome {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(text.as_bytes());
+        if !text.ends_with('\n') {
+            let _ = err.write_all(b"\n");
+        }
+        let _ = err.flush();
+    }
+}
+
 /// Writes the report line to stdout, ignoring a broken stdout: the exit code
 /// still carries the answer, and `println!` would panic (exit 101, a bounce).
 pub fn report(status: &Status) {
@@ -167,12 +239,33 @@ pub fn install_panic_hook(cleanup: fn()) {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let line = format!("4.3.0 mailpipe: internal error{location}; message deferred\n");
+        let status = Status::Deferred(
+            Deferral::Internal,
+            format!("internal error{location}; message deferred"),
+        );
+        let line = status.report_line().unwrap_or_default() + "\n";
         // Raw write(2): the stdout lock may be held by the panicking code.
         write_raw(1, line.as_bytes());
         // SAFETY: _exit(2) is always safe to call; it skips destructors on
         // purpose because state may be inconsistent after a panic.
-        unsafe { libc::_exit(i32::from(EX_TEMPFAIL)) }
+        unsafe { libc::_exit(i32::from(status.exit_code())) }
+    }));
+}
+
+/// The panic hook of the admin commands: they do not answer Postfix, so a
+/// bug is reported on stderr like any tool's and exits 70 (sysexits'
+/// EX_SOFTWARE) at once, from any thread (the release build aborts on
+/// panic; exiting first keeps that from dumping core).
+pub fn install_admin_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = format!("mailpipe: internal error{location} (a bug: please report it)");
+        write_raw(2, format!("{}\n", printable(&line, 400)).as_bytes());
+        // SAFETY: as in `install_panic_hook`.
+        unsafe { libc::_exit(i32::from(EX_SOFTWARE)) }
     }));
 }
 
@@ -206,6 +299,28 @@ mod tests {
         }
         assert_eq!(Status::Accepted.report_line(), None);
         assert_eq!(Status::Discarded("auto".into()).exit_code(), 0);
+    }
+
+    #[test]
+    fn the_deadline_defers_with_4_4_7() {
+        let status = deadline(30);
+        assert_eq!(status.exit_code(), 75);
+        assert_eq!(status.exit_code(), DEADLINE_EXIT);
+        assert_eq!(
+            status.report_line().as_deref(),
+            Some(
+                "4.4.7 mailpipe: deadline of 30s (limits.deadline_secs) exceeded; message deferred"
+            )
+        );
+    }
+
+    #[test]
+    fn admin_commands_exit_like_interactive_tools() {
+        assert_eq!(AdminOutcome::Ok.exit_code(), 0);
+        assert_eq!(AdminOutcome::Failed.exit_code(), 1);
+        assert_eq!(AdminOutcome::Usage("x".into()).exit_code(), 64);
+        assert_eq!(AdminOutcome::from_success(true), AdminOutcome::Ok);
+        assert_eq!(AdminOutcome::from_success(false), AdminOutcome::Failed);
     }
 
     #[test]

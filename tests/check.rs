@@ -2,6 +2,10 @@
 //! shipped snippets: the good setup passes (and its probe reaches the
 //! spool), and each broken variant fails with its own message.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod postfix_support;
 
 use std::fs;

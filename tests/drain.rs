@@ -9,6 +9,10 @@
 //! The benchmark is an ignored test here too, so it shares the stand-in:
 //! `bench/drain.sh` runs it in release mode.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod drain_support;
 
 use std::collections::HashSet;
@@ -496,7 +500,7 @@ fn orphans_in_work_are_put_back_but_a_live_claim_is_left_alone() {
 }
 
 /// Files a killed delivery left in the Maildir's tmp/ are removed after 36
-/// hours (maildir spec; reliability rule R15); younger ones are left alone.
+/// hours (maildir(5), https://cr.yp.to/proto/maildir.html); younger ones are left alone.
 #[test]
 fn abandoned_tmp_files_are_removed_after_36_hours() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);

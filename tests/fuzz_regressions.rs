@@ -9,6 +9,10 @@
 //! tests/RELIABILITY.md), next to hand-made inputs from the hostile-input
 //! table. Each must pass every property, and do it quickly.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod checks;

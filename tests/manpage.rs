@@ -13,6 +13,10 @@
 //! The EXIT STATUS table of the man page is taken from README.md's "Exit
 //! status" table, so the two always say the same thing.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -92,7 +96,8 @@ fn readme_exit_table() -> Vec<Vec<String>> {
 fn exit_status_section() -> String {
     let mut s = String::from(
         ".SH \"EXIT STATUS\"\n\
-         The only exit statuses of \\fBmailpipe deliver\\fR are 0, 65, 67 and 75.\n\
+         The only exit statuses of \\fBmailpipe deliver\\fR, the only command Postfix\n\
+         runs, are 0, 65, 67 and 75.\n\
          Postfix\\(aqs \\fBpipe\\fR(8) bounces every exit status except 0, 71 and 75,\n\
          and text that starts with an enhanced status code overrides the exit status,\n\
          so mailpipe prints at most one line and it always starts with the code that\n\
@@ -119,7 +124,15 @@ fn exit_status_section() -> String {
          removes the half\\-written file, prints the \\fB4.3.0\\fR line and exits 75 instead.\n\
          Output errors (a closed or full stdout or stderr) never change the exit status.\n\
          \\fBmailpipe explain\\fR always exits 0 and prints a JSON object; its\n\
-         \\fBexit_code\\fR field is what \\fBdeliver\\fR would return.\n",
+         \\fBexit_code\\fR field is what \\fBdeliver\\fR would return.\n\
+         .PP\n\
+         The other commands (\\fBcheck\\fR, \\fBexplain\\fR, \\fBqueue\\fR, \\fBrequeue\\fR,\n\
+         \\fBdrain\\fR) are not run by Postfix and exit like interactive tools: 0 when all\n\
+         is well; 1 when they failed or found problems; 64 for a usage error, with the\n\
+         message on stderr and nothing on stdout; 70 for a bug (a panic, reported on\n\
+         stderr). A usage error without a recognisable command (none, or a misspelt one)\n\
+         is answered as \\fBdeliver\\fR answers it, 75 and \\fB4.3.5\\fR, because Postfix may\n\
+         be the caller.\n",
     );
     s
 }

@@ -19,6 +19,10 @@
 //! followed by LF) with a space (cleanup_replace_stray_cr_lf); the tests do
 //! not send such bytes.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod postfix_support;
 
 use postfix_support::*;

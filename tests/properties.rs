@@ -10,6 +10,10 @@
 //! cases; set MAILPIPE_PROPTEST_SEED=<n> and MAILPIPE_PROPTEST_CASES=<n> to
 //! explore further. A failure prints the seed, the case number and the input.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod checks;
@@ -351,7 +355,8 @@ fn auto_replies_are_dropped_whatever_the_key() {
     });
 }
 
-/// Hostile sizes (reference H-11..H-14, H-26, H-36) at the default header
+/// Hostile sizes (one huge line, thousands of Received lines or References
+/// ids, nested comments, `for <<` runs, folds) at the default header
 /// cap of 256 KiB: each decision must be far below the 2 s the fuzzer
 /// allows, even in a debug build.
 #[test]

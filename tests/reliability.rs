@@ -18,6 +18,10 @@
 //! (plain `cargo test`), where the MAILPIPE_FAULT switch is compiled in.
 //! tests/RELIABILITY.md records what was run and what held.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in
+// #[test] functions; this covers the helpers too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod reliability_support;
 
 use std::fs;
@@ -741,7 +745,7 @@ fn slow_fsync_hits_the_deadline() {
     }
 }
 
-/// A read error on stdin defers (H-46); an interrupted read is retried.
+/// A read error on stdin defers; an interrupted read is retried.
 #[test]
 fn stdin_read_errors_defer_and_eintr_is_retried() {
     require_root_and_strace();

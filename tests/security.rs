@@ -14,6 +14,8 @@
 //! shown to fail as that user, then done as root to test the next line of
 //! defence.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod drain_support;
 mod postfix_support;
 

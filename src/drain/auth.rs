@@ -8,23 +8,30 @@
 //! (never its content). The drain treats that like a 401: a configuration
 //! problem, the message stays queued.
 //!
-//! The contract is GitLab's `Gitlab::MailRoom::Authenticator` and
-//! `JwtAuthenticatable` (reference §6.1–6.2): the file holds the standard,
+//! The contract is GitLab's `Gitlab::MailRoom::Authenticator`
+//! (`lib/gitlab/mail_room/authenticator.rb`) and `Gitlab::JwtAuthenticatable`
+//! (`lib/gitlab/jwt_authenticatable.rb`): the file holds the standard,
 //! padded base64 of exactly 32 bytes, with at most one trailing newline
 //! (Ruby's `chomp`: `\n`, `\r\n` or `\r`); the key is the decoded bytes. The
 //! token is HS256 with the JOSE header `{"alg":"HS256"}` and the claims
 //! `iss: "gitlab-mailroom"`, `iat` and `nonce`. GitLab refuses an `iat` older
 //! than 5 minutes or in the future (no leeway), so tokens are made per
 //! request, never cached.
+//!
+//! The token is built here rather than by a JWT library: one fixed header,
+//! three claims and HMAC-SHA256 (RFC 7515 §3.1 compact serialization,
+//! RFC 7518 §3.2 HS256, base64url without padding). The tests verify it
+//! with the `jsonwebtoken` crate, as GitLab's `JWT.decode` would.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
+use sha2::Sha256;
 
 /// The request header that carries the token (`INTERNAL_API_REQUEST_HEADER`).
 pub const HEADER: &str = "Gitlab-Mailroom-Api-Request";
@@ -53,7 +60,8 @@ pub enum AuthError {
     NotBase64 { path: PathBuf },
     /// The decoded secret is not 32 bytes.
     WrongLength { path: PathBuf, len: usize },
-    /// jsonwebtoken refused to sign (should not happen with HS256).
+    /// The token could not be built (should not happen: HMAC takes any
+    /// key length and the claims always serialize).
     Sign(String),
 }
 
@@ -85,6 +93,9 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
+
+/// The JOSE header mail_room sends: only the algorithm, no `typ`.
+const JOSE_HEADER: &[u8] = br#"{"alg":"HS256"}"#;
 
 /// GitLab's shared secret for one mailbox. Debug output hides it.
 #[derive(Clone)]
@@ -158,21 +169,29 @@ impl Secret {
     }
 
     /// Signs a token issued at `now` (seconds since the epoch; backdated by
-    /// [`IAT_BACKDATE_SECS`]) with a fresh `nonce`.
+    /// [`IAT_BACKDATE_SECS`]) with a fresh `nonce`: `BASE64URL(header) "."
+    /// BASE64URL(claims) "." BASE64URL(HMAC-SHA256(key, the first two))`.
     ///
     /// # Errors
-    /// `Sign` if jsonwebtoken fails, which HS256 with a 32-byte key does not.
+    /// `Sign` if the claims do not serialize or HMAC refuses the key, neither
+    /// of which happens with a 32-byte key and these claims.
     pub fn token(&self, now: u64, nonce: &str) -> Result<String, AuthError> {
-        // `Header::new` adds `"typ":"JWT"`; mail_room sends only the alg.
-        let mut header = Header::new(Algorithm::HS256);
-        header.typ = None;
         let claims = Claims {
             iss: ISSUER,
             iat: now.saturating_sub(IAT_BACKDATE_SECS),
             nonce,
         };
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&self.key))
-            .map_err(|e| AuthError::Sign(e.to_string()))
+        let claims = serde_json::to_vec(&claims).map_err(|e| AuthError::Sign(e.to_string()))?;
+        let mut token = URL_SAFE_NO_PAD.encode(JOSE_HEADER);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .map_err(|e| AuthError::Sign(e.to_string()))?;
+        mac.update(token.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
 
@@ -191,7 +210,7 @@ pub fn nonce(random: [u8; 12]) -> String {
 mod tests {
     use super::*;
 
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     const KEY: [u8; 32] = [7u8; 32];
 
@@ -247,9 +266,7 @@ mod tests {
 
         // The JOSE header is exactly mail_room's.
         let head = token.split('.').next().unwrap();
-        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(head)
-            .unwrap();
+        let head = URL_SAFE_NO_PAD.decode(head).unwrap();
         assert_eq!(head, br#"{"alg":"HS256"}"#);
 
         let mut v = Validation::new(Algorithm::HS256);
@@ -262,6 +279,23 @@ mod tests {
         assert_eq!(data.claims["iss"], ISSUER);
         assert_eq!(data.claims["nonce"], nonce.as_str());
         assert_eq!(data.claims["iat"], 1_700_000_000 - IAT_BACKDATE_SECS);
+
+        // Byte for byte what jsonwebtoken signs for the same header and
+        // claims (what the drain sent before it signed by itself).
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.typ = None;
+        let claims = Claims {
+            iss: ISSUER,
+            iat: 1_700_000_000 - IAT_BACKDATE_SECS,
+            nonce: &nonce,
+        };
+        let library = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&KEY),
+        )
+        .unwrap();
+        assert_eq!(token, library);
 
         // Another key does not verify it.
         let other = DecodingKey::from_secret(&[8u8; 32]);

@@ -7,8 +7,10 @@
 //! Fails: never with an error; every outcome, transport failures included,
 //! is a [`Reply`], and [`classify`] turns it into a [`Verdict`].
 //!
-//! This is where mail_room went wrong (reference §6.5, peers §2.5): its
-//! postback counted any HTTP status as delivered and deleted the mail. Here
+//! This is where mail_room went wrong (`lib/mail_room/delivery/postback.rb`
+//! in tpitale/mail_room: Faraday does not raise on 4xx/5xx, so `deliver`
+//! returns true): its postback counted any HTTP status as delivered and
+//! deleted the mail. Here
 //! the status decides, and anything unexpected keeps the message:
 //!
 //! | Answer | Verdict |

@@ -56,7 +56,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 
 use crate::cli::DrainArgs;
 use crate::config::{Config, ConfigError, Route};
-use crate::status::printable;
+use crate::status::{AdminOutcome, printable};
 
 use auth::Secret;
 use http::{Client, Verdict};
@@ -167,8 +167,8 @@ impl fmt::Display for Summary {
 }
 
 /// `mailpipe drain`: loads the configuration, installs the signal
-/// handlers, runs, and reports. Returns true for exit status 0.
-pub fn command(args: &DrainArgs) -> bool {
+/// handlers, runs, and reports.
+pub fn command(args: &DrainArgs) -> AdminOutcome {
     let journal = Journal::new();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -179,7 +179,7 @@ pub fn command(args: &DrainArgs) -> bool {
                 .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
         if let Err(e) = installed {
             journal.error(&DrainError::Setup(e).to_string());
-            return false;
+            return AdminOutcome::Failed;
         }
     }
     let options = Options {
@@ -199,11 +199,11 @@ pub fn command(args: &DrainArgs) -> bool {
             // Only a single pass reports trouble through its exit status;
             // the daemon's trouble is in its log, and systemd must not
             // restart it for a deferral.
-            !options.once || summary.clean()
+            AdminOutcome::from_success(!options.once || summary.clean())
         }
         Err(e) => {
             journal.error(&e.to_string());
-            false
+            AdminOutcome::Failed
         }
     }
 }

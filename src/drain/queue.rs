@@ -18,7 +18,7 @@ use std::io::{self, Write};
 
 use crate::cli::{QueueArgs, RequeueArgs};
 use crate::config::{Config, ConfigError, Route};
-use crate::status::printable;
+use crate::status::{AdminOutcome, printable};
 
 use super::store::{Folder, RouteSpool, State, StoreError};
 use super::unix_now;
@@ -78,8 +78,8 @@ impl From<io::Error> for QueueError {
     }
 }
 
-/// `mailpipe queue`: prints the report; true for exit status 0.
-pub fn command(args: &QueueArgs) -> bool {
+/// `mailpipe queue`: prints the report.
+pub fn command(args: &QueueArgs) -> AdminOutcome {
     let result = Config::load_all(&args.config)
         .map_err(QueueError::Config)
         .and_then(|config| {
@@ -89,8 +89,8 @@ pub fn command(args: &QueueArgs) -> bool {
     report(result)
 }
 
-/// `mailpipe requeue`: true for exit status 0.
-pub fn requeue_command(args: &RequeueArgs) -> bool {
+/// `mailpipe requeue`.
+pub fn requeue_command(args: &RequeueArgs) -> AdminOutcome {
     let result = Config::load_all(&args.config)
         .map_err(QueueError::Config)
         .and_then(|config| {
@@ -110,12 +110,12 @@ fn leave_root(config: &Config) -> Result<(), QueueError> {
     crate::privilege::leave_root(&config.spool.dir).map_err(QueueError::Privilege)
 }
 
-fn report(result: Result<(), QueueError>) -> bool {
+fn report(result: Result<(), QueueError>) -> AdminOutcome {
     match result {
-        Ok(()) => true,
+        Ok(()) => AdminOutcome::Ok,
         Err(e) => {
             let _ = writeln!(io::stderr(), "mailpipe: {e}");
-            false
+            AdminOutcome::Failed
         }
     }
 }

@@ -518,7 +518,8 @@ impl RouteSpool {
                 name.starts_with('.') && name.ends_with(".tmp")
             });
         }
-        // Deliveries that died in tmp/ (maildir spec).
+        // Deliveries that died in tmp/: maildir(5) lets readers remove tmp/
+        // files not accessed for 36 hours (https://cr.yp.to/proto/maildir.html).
         if let Some(tmp) = self.folder(Folder::Tmp) {
             remove_older_than(tmp, layout::ABANDONED_DELIVERY, |_| true);
         }

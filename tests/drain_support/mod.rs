@@ -5,7 +5,8 @@
 //! [`GitLab`] speaks just enough HTTP/1.1 (Content-Length bodies,
 //! keep-alive, `Expect: 100-continue`) on a loopback port, one thread per
 //! connection, and records every POST. Its checks follow
-//! `Gitlab::MailRoom::Authenticator` (reference §6.2): the mailbox must be
+//! `Gitlab::MailRoom::Authenticator` (`lib/gitlab/mail_room/authenticator.rb`
+//! and `lib/gitlab/jwt_authenticatable.rb` in GitLab): the mailbox must be
 //! enabled (have a secret), the token must be HS256 and nothing else, `iss`
 //! must be `gitlab-mailroom`, `iat` must be present, not older than five
 //! minutes and not in the future, and the signature must verify with that
