@@ -258,7 +258,8 @@ impl Dir {
     /// Opens the spool root, the one path the admin configured (it may be
     /// a symbolic link: resolved once, here).
     pub fn open_root(path: &Path) -> io::Result<Dir> {
-        let fd = rfs::open(
+        let fd = rfs::openat(
+            rfs::CWD,
             path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
@@ -301,6 +302,16 @@ impl Dir {
             self.sync()?;
         }
         self.open_sub(name)
+    }
+
+    /// Opens `name`, creating it first only when it is missing (one
+    /// openat(2) when it exists, the common case for `deliver`): `mode`,
+    /// setgid kept from this folder, this folder fsynced.
+    pub fn open_or_make_sub(&self, name: &str, mode: u32) -> io::Result<Dir> {
+        match self.open_sub(name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.ensure_sub(name, mode),
+            other => other,
+        }
     }
 
     /// mkdirat(2) of `name` unless it exists; true when made now. One

@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::config::Route;
-use crate::layout::Folder;
+use crate::layout::{Dir, Folder};
 
 /// Mode of spooled files: the drain's group may read them.
 const FILE_MODE: libc::mode_t = crate::layout::MESSAGE_MODE;
 /// Mode of folders `deliver` creates itself, where the admin let it write
 /// the spool root (a single-account setup; the packages create them with
 /// the layout's modes, see `crate::layout`).
-const DIR_MODE: libc::mode_t = crate::layout::DELIVER_CREATED_DIR_MODE;
+const DIR_MODE: u32 = crate::layout::DELIVER_CREATED_DIR_MODE;
 /// Fresh names tried when one is taken, before giving up.
 const NAME_ATTEMPTS: usize = 8;
 /// Size of the copy buffer; page-aligned, since an unaligned buffer made
@@ -124,8 +124,8 @@ fn set_in_flight(path: Option<CString>) {
 /// The open directories of one route's Maildir.
 pub struct Maildir {
     path: PathBuf,
-    tmp: OwnedFd,
-    new: OwnedFd,
+    tmp: Dir,
+    new: Dir,
 }
 
 impl Maildir {
@@ -133,16 +133,30 @@ impl Maildir {
     /// (and `cur/`) when missing. The root itself must exist; it may be a
     /// symbolic link (resolved once, here), nothing below it may be.
     pub fn open(root: &Path, route: Route) -> Result<Maildir, SpoolError> {
-        let root_fd = open_dir(None, root, true)
-            .map_err(|e| SpoolError::RootMissing(root.to_path_buf(), e))?;
+        let root_dir =
+            Dir::open_root(root).map_err(|e| SpoolError::RootMissing(root.to_path_buf(), e))?;
         let path = root.join(route.as_str());
-        let route_fd = ensure_dir(&root_fd, root, route.as_str())?;
-        let tmp = ensure_dir(&route_fd, &path, Folder::Tmp.as_str())?;
-        let new = ensure_dir(&route_fd, &path, Folder::New.as_str())?;
+        let open = |parent: &Dir, name: &str| {
+            parent
+                .open_or_make_sub(name, DIR_MODE)
+                .map_err(|err| SpoolError::Io {
+                    op: "open",
+                    path: parent.path().join(name),
+                    err,
+                })
+        };
+        let route_dir = open(&root_dir, route.as_str())?;
+        let tmp = open(&route_dir, Folder::Tmp.as_str())?;
+        let new = open(&route_dir, Folder::New.as_str())?;
         // cur/ is the reader's (maildir(5)); made when deliver may, but a
         // delivery never fails for it: in the packaged layout only the
         // drain writes the route folder.
-        let _ = ensure_exists(&route_fd, &path, Folder::Cur.as_str());
+        if route_dir
+            .make_sub(Folder::Cur.as_str(), DIR_MODE)
+            .unwrap_or(false)
+        {
+            let _ = route_dir.sync();
+        }
         Ok(Maildir { path, tmp, new })
     }
 
@@ -159,7 +173,7 @@ impl Maildir {
             // SAFETY: valid dirfd and NUL-terminated name.
             let fd = unsafe {
                 libc::openat(
-                    self.tmp.as_raw_fd(),
+                    self.tmp.fd().as_raw_fd(),
                     c_name.as_ptr(),
                     libc::O_WRONLY
                         | libc::O_CREAT
@@ -382,9 +396,9 @@ impl Pending<'_> {
             // SAFETY: valid dirfds and names; flags 0 = do not follow.
             let rc = unsafe {
                 libc::linkat(
-                    self.maildir.tmp.as_raw_fd(),
+                    self.maildir.tmp.fd().as_raw_fd(),
                     tmp_name.as_ptr(),
-                    self.maildir.new.as_raw_fd(),
+                    self.maildir.new.fd().as_raw_fd(),
                     c_new.as_ptr(),
                     0,
                 )
@@ -404,14 +418,14 @@ impl Pending<'_> {
         }
         fault_point("unlink");
         // SAFETY: valid dirfd and name.
-        if unsafe { libc::unlinkat(self.maildir.tmp.as_raw_fd(), tmp_name.as_ptr(), 0) } != 0 {
+        if unsafe { libc::unlinkat(self.maildir.tmp.fd().as_raw_fd(), tmp_name.as_ptr(), 0) } != 0 {
             return Err(self.io_err("unlink", io::Error::last_os_error()));
         }
         self.tmp_gone = true;
         set_in_flight(None);
         fault_point("dirsync");
         // SAFETY: valid fd.
-        if unsafe { libc::fsync(self.maildir.new.as_raw_fd()) } != 0 {
+        if unsafe { libc::fsync(self.maildir.new.fd().as_raw_fd()) } != 0 {
             return Err(self.io_err("fsync new/", io::Error::last_os_error()));
         }
         fault_point("done");
@@ -439,11 +453,11 @@ impl Drop for Pending<'_> {
         // this is cleanup after a failure that is already being reported.
         unsafe {
             if !self.tmp_gone {
-                libc::unlinkat(self.maildir.tmp.as_raw_fd(), tmp.as_ptr(), 0);
+                libc::unlinkat(self.maildir.tmp.fd().as_raw_fd(), tmp.as_ptr(), 0);
             }
             if let Some(linked) = &self.linked {
                 let new = cstring(linked);
-                libc::unlinkat(self.maildir.new.as_raw_fd(), new.as_ptr(), 0);
+                libc::unlinkat(self.maildir.new.fd().as_raw_fd(), new.as_ptr(), 0);
             }
         }
         set_in_flight(None);
@@ -503,90 +517,6 @@ pub fn read_some(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
             return Err(err);
         }
     }
-}
-
-/// Opens a directory; below the root, never through a symbolic link.
-fn open_dir(parent: Option<&OwnedFd>, path: &Path, follow: bool) -> io::Result<OwnedFd> {
-    let c = cstring(&path.to_string_lossy());
-    let mut flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
-    if !follow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let dirfd = parent.map_or(libc::AT_FDCWD, |p| p.as_raw_fd());
-    // SAFETY: valid dirfd and NUL-terminated path.
-    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Opens `parent/name` as a directory, creating it (mode 0770, parent
-/// fsynced so the entry survives a crash) when it does not exist.
-fn ensure_dir(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<OwnedFd, SpoolError> {
-    let path = parent_path.join(name);
-    let io_err = |op, err| SpoolError::Io {
-        op,
-        path: path.clone(),
-        err,
-    };
-    match open_dir(Some(parent), Path::new(name), false) {
-        Ok(fd) => return Ok(fd),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        // ELOOP / ENOTDIR: a symbolic link or a file where a folder belongs.
-        Err(e) => return Err(io_err("open", e)),
-    }
-    ensure_exists(parent, parent_path, name)?;
-    open_dir(Some(parent), Path::new(name), false).map_err(|e| io_err("open", e))
-}
-
-/// The mode for a folder created in `parent`: 0770, keeping the setgid bit
-/// a setgid parent passes on (the packages make the route folders setgid
-/// so that the drain's group owns everything below them).
-fn dir_mode_below(parent: &OwnedFd) -> libc::mode_t {
-    // SAFETY: fstat fills a zeroed struct for a valid fd.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let setgid = if unsafe { libc::fstat(parent.as_raw_fd(), &mut st) } == 0 {
-        st.st_mode & libc::S_ISGID
-    } else {
-        0
-    };
-    DIR_MODE | setgid
-}
-
-/// Makes sure `parent/name` exists without opening it: one mkdirat(2) when
-/// it is already there; a folder made now gets mode 0770 (setgid kept, see
-/// [`dir_mode_below`]) and its parent is fsynced so it survives a crash.
-fn ensure_exists(parent: &OwnedFd, parent_path: &Path, name: &str) -> Result<(), SpoolError> {
-    let c = cstring(name);
-    // SAFETY: valid dirfd and name.
-    if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), DIR_MODE) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EEXIST) {
-            return Ok(());
-        }
-        return Err(SpoolError::Io {
-            op: "mkdir",
-            path: parent_path.join(name),
-            err,
-        });
-    }
-    // Created now: the mode must not depend on the umask, and the entry
-    // must survive a crash.
-    // SAFETY: valid dirfd and name.
-    unsafe {
-        libc::fchmodat(parent.as_raw_fd(), c.as_ptr(), dir_mode_below(parent), 0);
-        if libc::fsync(parent.as_raw_fd()) != 0 {
-            let err = io::Error::last_os_error();
-            return Err(SpoolError::Io {
-                op: "fsync",
-                path: parent_path.to_path_buf(),
-                err,
-            });
-        }
-    }
-    Ok(())
 }
 
 pub use crate::layout::{host_name, unique_name};
