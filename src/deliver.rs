@@ -95,11 +95,13 @@ fn read_head(cap: usize) -> Result<Head, std::io::Error> {
             }
         }
         let start = from_line.unwrap_or(0);
-        // Only look at lines that were not complete before this read.
-        // A message of only blank lines is "empty" (65): read on to see
-        // whether anything but white space follows.
+        // Only look at lines that were not complete before this read, and
+        // not at leading blank lines (skipped, as GitLab's mail library
+        // skips them). A message of only blank lines is "empty" (65): read
+        // on to see whether anything but white space follows.
         let blank_so_far = bytes[start..].iter().all(u8::is_ascii_whitespace);
-        if !blank_so_far && headers::section_end(&bytes[start + scanned..]).is_some() {
+        let from = scanned.max(headers::leading_blank(&bytes[start..]));
+        if !blank_so_far && headers::section_end(&bytes[start + from..]).is_some() {
             return Ok(Head {
                 from_line: start,
                 bytes,
