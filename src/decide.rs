@@ -318,7 +318,10 @@ fn dedicated_reason(
             "its References header holds the GitLab reply id alone, and GitLab reads a \
              References header only when it lists two or more ids"
                 .to_string()
-        } else if !ids.iter().any(|id| id.ends_with(&exact)) {
+        } else if !ids
+            .iter()
+            .any(|id| id.starts_with("reply-") && id.ends_with(&exact))
+        {
             format!(
                 "the GitLab reply id in References names the host in other letter case than \
                  {host}, and GitLab compares it exactly"
