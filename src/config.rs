@@ -67,7 +67,8 @@ pub struct RawConfig {
 pub struct RawCustomEmail {
     /// The custom addresses set in the projects' Service Desk settings,
     /// like `support@customer.example`.
-    pub addresses: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub addresses: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,9 +350,13 @@ impl Config {
             ));
         }
         let mut custom_email = CustomEmailConfig::default();
-        if let Some(raw_custom) = &raw.service_desk_custom_email {
-            let line = Some(line_of(text, raw_custom.addresses.span().start));
-            for addr in raw_custom.addresses.get_ref() {
+        if let Some(list) = raw
+            .service_desk_custom_email
+            .as_ref()
+            .and_then(|c| c.addresses.as_ref())
+        {
+            let line = Some(line_of(text, list.span().start));
+            for addr in list.get_ref() {
                 match custom_address_problem(addr, &routes) {
                     None => custom_email.addresses.push(addr.clone()),
                     Some(why) => problems.push(err(
