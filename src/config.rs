@@ -412,9 +412,9 @@ fn custom_address_problem(addr: &str, routes: &[RouteConfig]) -> Option<&'static
         // GitLab adds `+verify` and `+<reply key>` itself.
         return Some("must not contain + (GitLab adds +verify and +<reply key> itself)");
     }
-    let taken = routes.iter().any(|r| {
-        r.template.key_of(addr).is_some() || r.template.is_fixed_address(addr)
-    });
+    let taken = routes
+        .iter()
+        .any(|r| r.template.key_of(addr).is_some() || r.template.is_fixed_address(addr));
     taken.then_some("is also a GitLab mailbox address (incoming_email or service_desk_email)")
 }
 

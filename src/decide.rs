@@ -168,10 +168,8 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
     // What the oldest and the newest supported GitLab will read from the
     // stored copy; the same key from both, or we must help.
     let views = GitlabVersion::ALL.map(|v| lookup::gitlab_key_as(v, &headers, &setup));
-    let agrees = |view: &Option<(String, &str)>| {
-        view.as_ref()
-            .is_some_and(|(k, _)| k == found.key.as_str())
-    };
+    let agrees =
+        |view: &Option<(String, &str)>| view.as_ref().is_some_and(|(k, _)| k == found.key.as_str());
     if views.iter().all(agrees) {
         return decision;
     }
@@ -237,7 +235,10 @@ fn expected_addresses(config: &Config) -> String {
         .routes
         .iter()
         .map(|r| {
-            let shown = r.template.address.replacen(crate::address::PLACEHOLDER, "<key>", 1);
+            let shown = r
+                .template
+                .address
+                .replacen(crate::address::PLACEHOLDER, "<key>", 1);
             let what = match (r.route, r.template.has_key()) {
                 (Route::IncomingEmail, true) => "replies and new issues",
                 (Route::IncomingEmail, false) => "replies",
@@ -280,7 +281,11 @@ fn no_handler_reason(config: &Config, found: &lookup::Found, envelope: &Envelope
             .cloned(),
         _ => None,
     }
-    .or_else(|| config.route(found.route).map(|r| r.template.render(&found.key)))
+    .or_else(|| {
+        config
+            .route(found.route)
+            .map(|r| r.template.render(&found.key))
+    })
     .unwrap_or_default();
     let place = match found.found_in {
         lookup::ENVELOPE => "the recipient".to_string(),
@@ -303,7 +308,11 @@ fn dedicated_reason(
     let why = if found.found_in != "References" {
         format!(
             "the reply key was found in {}, where GitLab does not read it for a dedicated address",
-            if found.found_in == lookup::ENVELOPE { "the recipient" } else { found.found_in }
+            if found.found_in == lookup::ENVELOPE {
+                "the recipient"
+            } else {
+                found.found_in
+            }
         )
     } else {
         let host = &config.gitlab_host;

@@ -254,11 +254,7 @@ mod tests {
             } else {
                 Kind::CreateNote
             };
-            assert_eq!(
-                classify(&format!("{key}-unsubscribe")),
-                Some(want),
-                "{key}"
-            );
+            assert_eq!(classify(&format!("{key}-unsubscribe")), Some(want), "{key}");
             assert_eq!(
                 classify(&format!("{key}+unsubscribe")),
                 Some(Kind::Unsubscribe),

@@ -189,13 +189,20 @@ pub struct CustomHit {
 
 /// The custom Service Desk address a keyless message is for, if any: the
 /// envelope recipient first, then `To`.
-pub fn find_custom(config: &Config, envelope: &Envelope, headers: &HeaderSection) -> Option<CustomHit> {
+pub fn find_custom(
+    config: &Config,
+    envelope: &Envelope,
+    headers: &HeaderSection,
+) -> Option<CustomHit> {
     let custom = &config.custom_email.addresses;
     if custom.is_empty() {
         return None;
     }
     let to: Vec<String> = addresses(headers, "To").collect();
-    let in_to = |c: &str| to.iter().any(|a| custom_address(custom, a, true) == Some(c));
+    let in_to = |c: &str| {
+        to.iter()
+            .any(|a| custom_address(custom, a, true) == Some(c))
+    };
     let envelope_addrs = envelope
         .original_recipients
         .iter()

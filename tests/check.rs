@@ -370,7 +370,9 @@ fn custom_service_desk_addresses_are_explained() {
         .find(|l| l.contains("service_desk_custom_email"))
         .unwrap_or_else(|| panic!("no custom email line:\n{}", c.text));
     assert!(
-        line.starts_with("ok") && line.contains("support@customer.example") && line.contains("+verify"),
+        line.starts_with("ok")
+            && line.contains("support@customer.example")
+            && line.contains("+verify"),
         "{line}"
     );
     // A custom address that is also a GitLab mailbox address is refused.

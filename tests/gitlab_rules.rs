@@ -226,7 +226,10 @@ fn refuses(tag: &str, mode: Mode, args: &[&str], msg: &str, words: &str, gitlab_
         let s = spool(tag, mode);
         let run = s.deliver(args, &input);
         assert_eq!(run.code, 67, "{what}: {run:?}");
-        assert!(run.stdout.starts_with("5.1.1 mailpipe: "), "{what}: {run:?}");
+        assert!(
+            run.stdout.starts_with("5.1.1 mailpipe: "),
+            "{what}: {run:?}"
+        );
         assert!(run.stdout.contains(words), "{what}: {}", run.stdout);
         assert!(
             !run.stdout.contains("%{key}") && !run.stdout.contains(" )"),
@@ -440,7 +443,9 @@ fn raw_valued_headers_by_version_with_and_without_brackets() {
         (format!("X-Original-To: {addr}\n"), true),
         (format!("X-Forwarded-To: <{addr}>\n"), true),
         (
-            format!("Received: from mx.example.com by in.example.com for <{addr}>; Thu, 13 Jun 2024 17:03:50 +0200\n"),
+            format!(
+                "Received: from mx.example.com by in.example.com for <{addr}>; Thu, 13 Jun 2024 17:03:50 +0200\n"
+            ),
             true,
         ),
         (format!("Cc: {addr}\n"), true),
@@ -599,8 +604,8 @@ fn dedicated_address_refuses_with_the_reason_what_gitlab_would_reject() {
     ] {
         let msg = reply(&format!("{to}{refs}"));
         refuses(refs.trim(), Mode::Dedicated, &args, &msg, words, true);
-        let whole = format!("is GitLab's dedicated reply address, but GitLab could not tell");
-        refuses(refs.trim(), Mode::Dedicated, &args, &msg, &whole, false);
+        let whole = "is GitLab's dedicated reply address, but GitLab could not tell";
+        refuses(refs.trim(), Mode::Dedicated, &args, &msg, whole, false);
     }
 }
 

@@ -370,8 +370,9 @@ fn unknown_or_malformed_key_bounces_with_5_1_1() {
         assert_mailpipe_text(&d);
         // Words a stranger reads: what the address is not, no template jargon.
         assert!(
-            d.text.contains(&format!("<{to}> (from the recipient) is not a GitLab reply address"))
-                && !d.text.contains("%{key}")
+            d.text.contains(&format!(
+                "<{to}> (from the recipient) is not a GitLab reply address"
+            )) && !d.text.contains("%{key}")
                 && !d.text.contains(" )"),
             "{}",
             d.line
@@ -572,7 +573,10 @@ fn custom_service_desk_address_via_a_forward_without_sub_address() {
     fs::write(&pf.config_file, config).unwrap();
     let map = pf.conf.join("recipients.subaddress.regexp");
     let mut text = fs::read_to_string(&map).unwrap();
-    text.push_str(&format!("/^incoming@{}$/    OK\n", DOMAIN.replace('.', "\\.")));
+    text.push_str(&format!(
+        "/^incoming@{}$/    OK\n",
+        DOMAIN.replace('.', "\\.")
+    ));
     fs::write(&map, text).unwrap();
     let reload = std::process::Command::new("postfix")
         .arg("-c")
@@ -595,7 +599,8 @@ fn custom_service_desk_address_via_a_forward_without_sub_address() {
         let mut s = pf.smtp();
         let r = s.rcpt_reply(TESTER, &bare);
         s.quit();
-        r.starts_with("250").then(|| pf.send(TESTER, &[&bare], &msg))
+        r.starts_with("250")
+            .then(|| pf.send(TESTER, &[&bare], &msg))
     });
     assert_eq!(pf.wait_delivery(&qid).status, "sent");
     let stored = one_spooled(&pf, "service_desk_email");
@@ -622,7 +627,11 @@ fn custom_service_desk_address_via_a_forward_without_sub_address() {
         "{}",
         d.line
     );
-    assert!(d.text.contains("is not a GitLab reply address"), "{}", d.line);
+    assert!(
+        d.text.contains("is not a GitLab reply address"),
+        "{}",
+        d.line
+    );
     assert!(pf.wait_bounce(&qid).contains("Status: 5.1.1"));
 }
 
@@ -673,7 +682,11 @@ fn dedicated_address_variant() {
         d.line
     );
     assert!(pf.wait_bounce(&qid).contains("Status: 5.1.1"));
-    assert!(d.text.contains("is not a GitLab reply address"), "{}", d.line);
+    assert!(
+        d.text.contains("is not a GitLab reply address"),
+        "{}",
+        d.line
+    );
 
     // A reply whose References holds GitLab's id alone: GitLab's mail
     // library hands that back without brackets and GitLab finds no key, so
@@ -700,7 +713,11 @@ fn dedicated_address_variant() {
         d.line
     );
     assert!(pf.wait_bounce(&qid).contains("Status: 5.1.1"));
-    assert_eq!(pf.spooled("incoming_email").len(), 1, "only the first reply");
+    assert_eq!(
+        pf.spooled("incoming_email").len(),
+        1,
+        "only the first reply"
+    );
 
     let mut s = pf.smtp();
     let r = s.rcpt_reply(TESTER, &incoming(&key));
