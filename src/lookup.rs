@@ -141,6 +141,9 @@ fn match_routes(config: &Config, addr: &str, found_in: &'static str) -> Option<F
 /// `FULL_REPLY_KEY_REGEX`). `exact` compares as GitLab's database does
 /// (case-sensitively); otherwise the domain compares without case.
 pub fn custom_reply_key(custom: &[String], addr: &str, exact: bool) -> Option<Key> {
+    if custom.is_empty() {
+        return None;
+    }
     let (local, domain) = addr.rsplit_once('@')?;
     let (base, key) = local.split_once('+')?;
     if !crate::kind::is_full_reply_key(key) {
