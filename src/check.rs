@@ -201,6 +201,19 @@ fn check_addresses(config: &Config, report: &mut Report) {
             );
         }
     }
+    // Custom Service Desk email (issue 14): say what the list does.
+    for c in &config.custom_email.addresses {
+        report.ok(
+            "config",
+            "service_desk_custom_email",
+            format!(
+                "{c}: mail without a key whose To names {c} (or its +verify) is stored for {}, \
+                 and GitLab finds the project from its custom email setting; replies to \
+                 <base>+<reply key>@ go to incoming_email",
+                config.custom_email_route()
+            ),
+        );
+    }
 }
 
 /// The configured incoming domains, lower case, each once.

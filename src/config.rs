@@ -57,6 +57,18 @@ pub struct RawConfig {
     pub limits: Limits,
     #[serde(default)]
     pub drain: DrainConfig,
+    /// GitLab's custom Service Desk email (16.3+): see [`CustomEmailConfig`].
+    pub service_desk_custom_email: Option<RawCustomEmail>,
+}
+
+/// `[service_desk_custom_email]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCustomEmail {
+    /// The custom addresses set in the projects' Service Desk settings,
+    /// like `support@customer.example`.
+    #[serde(default)]
+    pub addresses: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +166,21 @@ pub struct RouteConfig {
     pub secret_file: Option<PathBuf>,
 }
 
+/// Custom Service Desk addresses (GitLab 16.3+, `ServiceDeskSetting#custom_email`).
+///
+/// The customer's provider forwards `support@customer.example` to the
+/// project's Service Desk address. When the forward keeps that address as
+/// the envelope recipient, the key is there; when it does not (Microsoft 365
+/// drops sub-addresses), GitLab finds the project from the custom address in
+/// `To` through its database (`lib/gitlab/email/receiver.rb` `mail_key`:
+/// `CustomEmail.key_from_reply_address`, then `key_from_settings`). mailpipe
+/// has no database, so the admin lists the addresses here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomEmailConfig {
+    /// Bare addresses, exactly as configured in GitLab.
+    pub addresses: Vec<String>,
+}
+
 /// The configuration, checked: what every command works from.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -164,6 +191,7 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub limits: Limits,
     pub drain: DrainConfig,
+    pub custom_email: CustomEmailConfig,
 }
 
 /// One problem in the file, located, with what to do about it.
@@ -321,6 +349,26 @@ impl Config {
                 "use 1 to 256",
             ));
         }
+        let mut custom_email = CustomEmailConfig::default();
+        if let Some(list) = raw
+            .service_desk_custom_email
+            .as_ref()
+            .and_then(|c| c.addresses.as_ref())
+        {
+            let line = Some(line_of(text, list.span().start));
+            for addr in list.get_ref() {
+                match custom_address_problem(addr, &routes) {
+                    None => custom_email.addresses.push(addr.clone()),
+                    Some(why) => problems.push(err(
+                        line,
+                        Some("service_desk_custom_email.addresses"),
+                        format!("{addr:?} {why}"),
+                        "list the bare custom email addresses of GitLab's Service Desk \
+                         settings, like \"support@customer.example\" (no %{key}, no +)",
+                    )),
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -332,13 +380,42 @@ impl Config {
             spool: raw.spool,
             limits: raw.limits,
             drain: raw.drain,
+            custom_email,
         })
+    }
+
+    /// The route custom Service Desk mail goes to: the Service Desk mailbox
+    /// when it is configured, else incoming_email (GitLab's receivers both
+    /// run the custom-email lookups on `To`).
+    pub fn custom_email_route(&self) -> Route {
+        self.route(Route::ServiceDeskEmail)
+            .map_or(Route::IncomingEmail, |r| r.route)
     }
 
     /// The settings of one route, when it is configured.
     pub fn route(&self, route: Route) -> Option<&RouteConfig> {
         self.routes.iter().find(|r| r.route == route)
     }
+}
+
+/// Why a custom Service Desk address cannot be used, or `None`.
+fn custom_address_problem(addr: &str, routes: &[RouteConfig]) -> Option<&'static str> {
+    let template = match Template::parse(addr) {
+        Ok(t) => t,
+        Err(_) => return Some("is not a valid address"),
+    };
+    if template.has_key() {
+        return Some("must not contain %{key}");
+    }
+    let local = addr.rsplit_once('@').map_or("", |(l, _)| l);
+    if local.contains('+') {
+        // GitLab adds `+verify` and `+<reply key>` itself.
+        return Some("must not contain + (GitLab adds +verify and +<reply key> itself)");
+    }
+    let taken = routes
+        .iter()
+        .any(|r| r.template.key_of(addr).is_some() || r.template.is_fixed_address(addr));
+    taken.then_some("is also a GitLab mailbox address (incoming_email or service_desk_email)")
 }
 
 /// 1-based line of a byte offset.
@@ -397,6 +474,33 @@ dir = "/var/spool/mailpipe"
         assert_eq!(e.line, Some(3));
         assert_eq!(e.key.as_deref(), Some("incoming_email.address"));
         assert!(e.to_string().contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn custom_service_desk_addresses_load_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[service_desk_custom_email]\naddresses = [\"support@customer.example\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.custom_email.addresses, ["support@customer.example"]);
+        assert_eq!(c.custom_email_route(), Route::IncomingEmail);
+        for bad in [
+            "support",
+            "support+x@customer.example",
+            "s+%{key}@customer.example",
+            "incoming+abc@in.example.com",
+        ] {
+            let text = format!(
+                "{GOOD}\n[service_desk_custom_email]\naddresses = [\"ok@c.example\", \"{bad}\"]\n"
+            );
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].line, Some(10), "{bad}: {}", e[0]);
+            assert_eq!(
+                e[0].key.as_deref(),
+                Some("service_desk_custom_email.addresses")
+            );
+        }
     }
 
     #[test]

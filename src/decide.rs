@@ -12,7 +12,7 @@ use crate::address::Key;
 use crate::config::{Config, Route};
 use crate::headers::HeaderSection;
 use crate::kind::{self, Kind};
-use crate::lookup::{self, Envelope};
+use crate::lookup::{self, Envelope, GitlabSetup, GitlabVersion};
 use crate::status::{Deferral, Rejection, Status};
 
 /// What to do with the message, before the spool has its say.
@@ -27,6 +27,13 @@ pub struct Decision {
     /// A `Delivered-To:` line (without line ending) to put on top of the
     /// stored copy, when GitLab would otherwise miss the key.
     pub prepend: Option<String>,
+    /// Where the prepended line goes: after the leading white space GitLab's
+    /// mail library skips (0 for almost every message), so that it lands in
+    /// the header section GitLab reads.
+    pub prepend_at: usize,
+    /// For a keyless message to a custom Service Desk address: that address
+    /// (then `key` is `None` and `kind` is `service_desk`).
+    pub custom_address: Option<String>,
     /// The message's first line ends in CRLF; a prepended line copies it.
     pub crlf: bool,
     /// Set when GitLab's receiver will read a different key from the stored
@@ -60,6 +67,8 @@ impl Decision {
             kind: None,
             found_in: None,
             prepend: None,
+            prepend_at: 0,
+            custom_address: None,
             gitlab_sees_other_key: false,
             message_id: None,
         }
@@ -113,6 +122,9 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         return d;
     }
     let Some(found) = lookup::find_key(config, envelope, &headers) else {
+        if let Some(hit) = lookup::find_custom(config, envelope, &headers) {
+            return custom_decision(config, hit, &headers, message_id);
+        }
         let mut d = Decision::refuse(Status::Rejected(
             Rejection::UnknownKey,
             no_key_reason(config, envelope),
@@ -131,6 +143,8 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         kind,
         found_in: Some(found.found_in),
         prepend: None,
+        prepend_at: headers.lead,
+        custom_address: None,
         crlf: headers.crlf,
         gitlab_sees_other_key: false,
         message_id,
@@ -138,29 +152,105 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
     if kind.is_none() {
         decision.status = Status::Rejected(
             Rejection::UnknownKey,
-            format!(
-                "the address key (found in {}) is not one any GitLab handler accepts",
-                found.found_in
-            ),
+            no_handler_reason(config, &found, envelope),
         );
         return decision;
     }
-    if let Some(route) = config.route(found.route) {
-        let gitlab = lookup::gitlab_key(&headers, &route.template, &config.gitlab_host);
-        let agrees = gitlab
-            .as_ref()
-            .is_some_and(|(k, _)| k == found.key.as_str());
-        if !agrees && route.template.has_key() {
-            decision.prepend = Some(format!(
-                "Delivered-To: {}",
-                route.template.render(&found.key)
-            ));
-            // Our Delivered-To goes on top, but GitLab reads To and
-            // References before any Delivered-To.
-            decision.gitlab_sees_other_key = matches!(gitlab, Some((_, "To" | "References")));
-        }
+    let Some(route) = config.route(found.route) else {
+        return decision;
+    };
+    let keyed = route.template.has_key();
+    let setup = GitlabSetup {
+        template: keyed.then_some(&route.template),
+        host: &config.gitlab_host,
+        custom: &config.custom_email.addresses,
+    };
+    // What the oldest and the newest supported GitLab will read from the
+    // stored copy; the same key from both, or we must help.
+    let views = GitlabVersion::ALL.map(|v| lookup::gitlab_key_as(v, &headers, &setup));
+    let agrees =
+        |view: &Option<(String, &str)>| view.as_ref().is_some_and(|(k, _)| k == found.key.as_str());
+    if views.iter().all(agrees) {
+        return decision;
+    }
+    // A version that finds a different key in To or References wins over
+    // anything we add: those come before every Delivered-To.
+    let other_first = views
+        .iter()
+        .any(|v| matches!(v, Some((k, "To" | "References")) if k != found.key.as_str()));
+    if keyed {
+        decision.prepend = Some(format!(
+            "Delivered-To: {}",
+            route.template.render(&found.key)
+        ));
+        decision.gitlab_sees_other_key = other_first;
+    } else if views.iter().any(Option::is_none) {
+        // Dedicated address: there is no address to put the key in, and
+        // GitLab would answer the sender with a rejection; say why now.
+        decision.status = Status::Rejected(
+            Rejection::UnknownKey,
+            dedicated_reason(config, &route.template, &found, &headers),
+        );
+    } else {
+        decision.gitlab_sees_other_key = true;
     }
     decision
+}
+
+/// A keyless message for a custom Service Desk address: stored when a
+/// `To` field names the address as GitLab's database holds it, refused
+/// otherwise (GitLab looks for custom addresses in `To` only).
+fn custom_decision(
+    config: &Config,
+    hit: lookup::CustomHit,
+    headers: &HeaderSection,
+    message_id: Option<String>,
+) -> Decision {
+    let mut d = Decision::refuse(Status::Accepted);
+    d.message_id = message_id;
+    d.found_in = Some(hit.found_in);
+    d.crlf = headers.crlf;
+    d.prepend_at = headers.lead;
+    if !hit.in_to {
+        d.status = Status::Rejected(
+            Rejection::UnknownKey,
+            format!(
+                "the message is for the custom Service Desk address <{}>, but no To header \
+                 names it exactly; GitLab finds the project of a custom address only in To",
+                crate::status::printable(&hit.address, 200)
+            ),
+        );
+        return d;
+    }
+    d.route = Some(config.custom_email_route());
+    d.kind = Some(Kind::ServiceDesk);
+    d.custom_address = Some(hit.address);
+    d
+}
+
+/// The configured addresses as a stranger can read them: `<key>` in the
+/// placeholder's place, and what each one is for.
+fn expected_addresses(config: &Config) -> String {
+    let mut out: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let shown = r
+                .template
+                .address
+                .replacen(crate::address::PLACEHOLDER, "<key>", 1);
+            let what = match (r.route, r.template.has_key()) {
+                (Route::IncomingEmail, true) => "replies and new issues",
+                (Route::IncomingEmail, false) => "replies",
+                (Route::ServiceDeskEmail, _) => "Service Desk",
+            };
+            format!("{shown} for {what}")
+        })
+        .collect();
+    for c in &config.custom_email.addresses {
+        out.push(format!("{c} for Service Desk"));
+    }
+    out.join(", ")
 }
 
 fn no_key_reason(config: &Config, envelope: &Envelope) -> String {
@@ -169,19 +259,89 @@ fn no_key_reason(config: &Config, envelope: &Envelope) -> String {
         .first()
         .or(envelope.recipients.first())
         .map(|r| crate::status::printable(r, 200));
-    let expected: Vec<&str> = config
-        .routes
-        .iter()
-        .map(|r| r.template.address.as_str())
-        .collect();
+    let expected = expected_addresses(config);
     match recipient {
         Some(r) => format!(
-            "no valid GitLab key for <{r}> (expected {}) in the recipient or the headers",
-            expected.join(" or ")
+            "<{r}> is not a GitLab reply address, and no header of the message names one; \
+             GitLab takes mail here at {expected}"
         ),
         None => format!(
-            "no valid GitLab key (expected {}) in the headers",
-            expected.join(" or ")
+            "no header of the message names a GitLab reply address; GitLab takes mail here \
+             at {expected}"
         ),
     }
+}
+
+fn no_handler_reason(config: &Config, found: &lookup::Found, envelope: &Envelope) -> String {
+    let addr = match found.found_in {
+        lookup::ENVELOPE => envelope
+            .original_recipients
+            .first()
+            .or(envelope.recipients.first())
+            .cloned(),
+        _ => None,
+    }
+    .or_else(|| {
+        config
+            .route(found.route)
+            .map(|r| r.template.render(&found.key))
+    })
+    .unwrap_or_default();
+    let place = match found.found_in {
+        lookup::ENVELOPE => "the recipient".to_string(),
+        name => format!("the {name} header"),
+    };
+    format!(
+        "<{}> (from {place}) is not a GitLab reply address: GitLab issues no key of that \
+         shape (reply, issue, merge-request, unsubscribe or Service Desk keys)",
+        crate::status::printable(&addr, 200)
+    )
+}
+
+/// Why GitLab would not find the key of a reply to a dedicated address.
+fn dedicated_reason(
+    config: &Config,
+    template: &crate::address::Template,
+    found: &lookup::Found,
+    headers: &HeaderSection,
+) -> String {
+    let why = if found.found_in != "References" {
+        format!(
+            "the reply key was found in {}, where GitLab does not read it for a dedicated address",
+            if found.found_in == lookup::ENVELOPE {
+                "the recipient"
+            } else {
+                found.found_in
+            }
+        )
+    } else {
+        let host = &config.gitlab_host;
+        let all: Vec<String> = headers.all("References").map(|f| f.text()).collect();
+        let last = all.last().cloned().unwrap_or_default();
+        let ids = lookup::message_ids(&last);
+        let exact = format!("@{host}");
+        if all.len() > 1 && !ids.iter().any(|id| id.starts_with("reply-")) {
+            "the GitLab reply id is not in the last References header, the only one GitLab reads"
+                .to_string()
+        } else if ids.len() == 1 {
+            "its References header holds the GitLab reply id alone, and GitLab reads a \
+             References header only when it lists two or more ids"
+                .to_string()
+        } else if !ids
+            .iter()
+            .any(|id| id.starts_with("reply-") && id.ends_with(&exact))
+        {
+            format!(
+                "the GitLab reply id in References names the host in other letter case than \
+                 {host}, and GitLab compares it exactly"
+            )
+        } else {
+            "GitLab's receiver would not read the reply id in References".to_string()
+        }
+    };
+    format!(
+        "<{}> is GitLab's dedicated reply address, but GitLab could not tell which thread this \
+         reply belongs to: {why}; reply with your mail client's Reply to the GitLab notification",
+        crate::status::printable(&template.address, 200)
+    )
 }

@@ -95,11 +95,13 @@ fn read_head(cap: usize) -> Result<Head, std::io::Error> {
             }
         }
         let start = from_line.unwrap_or(0);
-        // Only look at lines that were not complete before this read.
-        // A message of only blank lines is "empty" (65): read on to see
-        // whether anything but white space follows.
+        // Only look at lines that were not complete before this read, and
+        // not at leading blank lines (skipped, as GitLab's mail library
+        // skips them). A message of only blank lines is "empty" (65): read
+        // on to see whether anything but white space follows.
         let blank_so_far = bytes[start..].iter().all(u8::is_ascii_whitespace);
-        if !blank_so_far && headers::section_end(&bytes[start + scanned..]).is_some() {
+        let from = scanned.max(headers::leading_blank(&bytes[start..]));
+        if !blank_so_far && headers::section_end(&bytes[start + from..]).is_some() {
             return Ok(Head {
                 from_line: start,
                 bytes,
@@ -243,18 +245,26 @@ fn store(config: &Config, envelope: &Envelope, decision: &Decision, head: &Head)
         let maildir = Maildir::open(&config.spool.dir, route)?;
         let mut pending = maildir.create(envelope.queue_id.as_deref())?;
         let mut extra = 0u64;
-        if let Some(line) = &decision.prepend {
-            let eol: &[u8] = if decision.crlf { b"\r\n" } else { b"\n" };
-            pending.write_all(line.as_bytes())?;
-            pending.write_all(eol)?;
-            extra = pending.written();
-        }
         let max = config.limits.max_message_bytes;
         let body = head.message();
         if body.len() as u64 > max {
             return Err(SpoolError::TooLarge(max));
         }
-        pending.write_all(body)?;
+        // The line goes after any leading white space (which GitLab's mail
+        // library skips), so it stays inside the header section.
+        let at = if decision.prepend.is_some() {
+            decision.prepend_at.min(body.len())
+        } else {
+            0
+        };
+        pending.write_all(&body[..at])?;
+        if let Some(line) = &decision.prepend {
+            let eol: &[u8] = if decision.crlf { b"\r\n" } else { b"\n" };
+            pending.write_all(line.as_bytes())?;
+            pending.write_all(eol)?;
+            extra = (line.len() + eol.len()) as u64;
+        }
+        pending.write_all(&body[at..])?;
         if !head.complete {
             pending.copy_from(STDIN, max + extra)?;
         }

@@ -12,6 +12,11 @@
 //! then `:`; a line starting with SP or HT continues the previous field; the
 //! section ends at the first empty line or the first line that is neither,
 //! so a `To:` hidden in the body never counts.
+//!
+//! Leading white space before the first field (blank lines a procmail recipe
+//! or a `.forward` script left) is skipped, as GitLab's mail library does:
+//! `Mail::Message#parse_message` splits `raw_source.lstrip` (mail 2.7 and
+//! 2.8), and Ruby's `lstrip` removes NUL, HT, LF, VT, FF, CR and SP.
 
 /// One header field, unfolded (RFC 5322 §2.2.3: only the line breaks are
 /// removed), with outer white space trimmed.
@@ -40,6 +45,18 @@ pub struct HeaderSection<'a> {
     pub fields: Vec<Field<'a>>,
     /// True when the first line ends in CRLF; lines we add copy it.
     pub crlf: bool,
+    /// Bytes of leading white space skipped before the first field
+    /// ([`leading_blank`]); a line we add goes after them.
+    pub lead: usize,
+}
+
+/// How many bytes of `bytes` Ruby's `String#lstrip` would remove: the
+/// leading run of NUL, HT, LF, VT, FF, CR and SP.
+pub fn leading_blank(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|b| !b"\0\t\n\x0b\x0c\r ".contains(b))
+        .unwrap_or(bytes.len())
 }
 
 impl<'a> HeaderSection<'a> {
@@ -51,7 +68,13 @@ impl<'a> HeaderSection<'a> {
     pub fn parse(bytes: &'a [u8], complete: bool) -> HeaderSection<'a> {
         let mut section = HeaderSection::default();
         let mut pending: Option<Field<'a>> = None;
-        let mut rest = bytes;
+        let lead = leading_blank(bytes);
+        // A message of white space only has no header section to skip to.
+        if lead == bytes.len() {
+            return section;
+        }
+        section.lead = lead;
+        let mut rest = &bytes[lead..];
         let mut first = true;
         while !rest.is_empty() {
             let (line, next, terminated) = match rest.iter().position(|&b| b == b'\n') {
@@ -195,7 +218,9 @@ pub fn keyword_of(value: &str) -> String {
 
 /// The first line break style and where the header section ends, for a
 /// message whose start is in `bytes`: the offset just past the empty line,
-/// or `None` when it is not within `bytes`.
+/// or `None` when it is not within `bytes`. `bytes` starts at a line start
+/// after any [`leading_blank`] run: the caller skips that, since only the
+/// message's own start has one.
 pub fn section_end(bytes: &[u8]) -> Option<usize> {
     let mut at = 0;
     while at < bytes.len() {
@@ -242,8 +267,12 @@ mod tests {
 
     #[test]
     fn odd_lines() {
+        // Leading white space is skipped as Ruby's lstrip does, so a
+        // first line " To: a@b" is the field "To: a@b" (mail gem).
         let h = HeaderSection::parse(b" To: a@b\n\n", true);
-        assert!(h.fields.is_empty());
+        assert_eq!(names(&h), ["To"]);
+        let h = HeaderSection::parse(b"Subject: x\n To: a@b\n\n", true);
+        assert_eq!(h.fields[0].value, b"x To: a@b");
         let h = HeaderSection::parse(b"To : a@b\n:novalue\nCc: x\n", true);
         assert_eq!(names(&h), ["To"]);
         let h = HeaderSection::parse(b"To: a@x\rTo: k@ex\n", true);
@@ -308,6 +337,26 @@ mod tests {
         }
         let h = HeaderSection::parse(b"X-Autoreply: true\n\n", true);
         assert!(h.auto_reply().is_none());
+    }
+
+    /// mail 2.7/2.8 `Message#parse_message` parses `raw_source.lstrip`:
+    /// leading blank lines (and spaces) are skipped, LF and CRLF alike.
+    #[test]
+    fn mail_gem_lstrip_leading_blank_lines_are_skipped() {
+        for (input, lead) in [
+            (&b"\n\nTo: a@b\nCc: c@d\n\nbody"[..], 2),
+            (b"\r\n\r\nTo: a@b\r\nCc: c@d\r\n\r\nbody", 4),
+            (b" \t\n  To: a@b\nCc: c@d\n\n", 5),
+            (b"\0\x0b\x0cTo: a@b\nCc: c@d\n\n", 3),
+        ] {
+            let h = HeaderSection::parse(input, true);
+            assert_eq!(names(&h), ["To", "Cc"], "{input:?}");
+            assert_eq!(h.lead, lead, "{input:?}");
+            assert_eq!(h.crlf, input.windows(2).any(|w| w == b"\r\n"));
+            let end = lead + section_end(&input[lead..]).unwrap();
+            assert!(input[..end].ends_with(b"\n\n") || input[..end].ends_with(b"\r\n\r\n"));
+        }
+        assert!(HeaderSection::parse(b"\n\n\n", true).fields.is_empty());
     }
 
     #[test]

@@ -71,6 +71,12 @@ fn mask_key(config: Option<&Config>, addr: &str) -> String {
             return addr.replacen(raw, &format!("[{fp}]"), 1);
         }
     }
+    // A custom Service Desk reply address carries a reply key too (issue 14).
+    if let Some(key) = crate::lookup::custom_reply_key(&config.custom_email.addresses, addr, false)
+    {
+        let fp = format!("[fp:{}]", key.fingerprint());
+        return addr.replacen(key.as_str(), &fp, 1);
+    }
     addr.to_string()
 }
 
@@ -147,5 +153,20 @@ mod tests {
         assert!(!line.contains(key), "the key never appears: {line}");
         assert!(!line.contains("secret body"), "{line}");
         assert!(line.contains("recipient=<incoming+[fp:"), "{line}");
+    }
+
+    #[test]
+    fn custom_service_desk_reply_keys_are_masked() {
+        let config = Config::from_text(
+            Path::new("t.toml"),
+            "[incoming_email]\naddress = \"incoming+%{key}@in.example.com\"\n\
+             [gitlab]\nhost = \"gitlab.example.com\"\n[spool]\ndir = \"/tmp\"\n\
+             [service_desk_custom_email]\naddresses = [\"support@customer.example\"]\n",
+        )
+        .unwrap();
+        let key = "59d8df8370b7e95c5a49fbf86aeb2c93";
+        let masked = mask_key(Some(&config), &format!("support+{key}@customer.example"));
+        assert!(masked.starts_with("support+[fp:"), "{masked}");
+        assert!(!masked.contains(key), "{masked}");
     }
 }

@@ -114,13 +114,118 @@ fn addresses<'h>(
     })
 }
 
-/// Matches one bare address against every configured route.
+/// Matches one bare address against every configured route, then against
+/// the custom Service Desk reply addresses (`support+<reply key>@…`).
 fn match_routes(config: &Config, addr: &str, found_in: &'static str) -> Option<Found> {
-    config.routes.iter().find_map(|r| {
-        r.template.key_of(addr).map(|key| Found {
-            route: r.route,
-            key,
-            found_in,
+    config
+        .routes
+        .iter()
+        .find_map(|r| {
+            r.template.key_of(addr).map(|key| Found {
+                route: r.route,
+                key,
+                found_in,
+            })
+        })
+        .or_else(|| {
+            custom_reply_key(&config.custom_email.addresses, addr, false).map(|key| Found {
+                route: Route::IncomingEmail,
+                key,
+                found_in,
+            })
+        })
+}
+
+/// The reply key of a custom Service Desk reply address
+/// `<base>+<reply key>@<domain>` whose `<base>@<domain>` is configured
+/// (`lib/gitlab/email/service_desk/custom_email.rb` `key_from_reply_address`;
+/// the gem's `custom_email.rb` `REPLY_ADDRESS_REGEX`, with the key held to
+/// `FULL_REPLY_KEY_REGEX`). `exact` compares as GitLab's database does
+/// (case-sensitively); otherwise the domain compares without case.
+pub fn custom_reply_key(custom: &[String], addr: &str, exact: bool) -> Option<Key> {
+    if custom.is_empty() {
+        return None;
+    }
+    let (local, domain) = addr.rsplit_once('@')?;
+    let (base, key) = local.split_once('+')?;
+    if !crate::kind::is_full_reply_key(key) {
+        return None;
+    }
+    let bare = format!("{base}@{domain}");
+    custom
+        .iter()
+        .any(|c| same_address(c, &bare, exact))
+        .then(|| Key::new(key))
+        .flatten()
+}
+
+/// The configured custom Service Desk address `addr` names, bare or with
+/// GitLab's `+verify` sub-address (`key_from_settings` removes the first
+/// `+verify`; `ServiceDeskSetting::CUSTOM_EMAIL_VERIFICATION_SUBADDRESS`).
+pub fn custom_address<'c>(custom: &'c [String], addr: &str, exact: bool) -> Option<&'c str> {
+    let bare = addr.replacen("+verify", "", 1);
+    custom
+        .iter()
+        .find(|c| same_address(c, &bare, exact))
+        .map(String::as_str)
+}
+
+fn same_address(configured: &str, addr: &str, exact: bool) -> bool {
+    if exact {
+        return configured == addr;
+    }
+    match (configured.rsplit_once('@'), addr.rsplit_once('@')) {
+        (Some((l1, d1)), Some((l2, d2))) => l1 == l2 && d1.eq_ignore_ascii_case(d2),
+        _ => false,
+    }
+}
+
+/// A message for a custom Service Desk address without a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomHit {
+    /// The configured address it names.
+    pub address: String,
+    /// `envelope` or `To`.
+    pub found_in: &'static str,
+    /// True when a `To` field names it as GitLab compares (exactly): the
+    /// only place GitLab looks for it.
+    pub in_to: bool,
+}
+
+/// The custom Service Desk address a keyless message is for, if any: the
+/// envelope recipient first, then `To`.
+pub fn find_custom(
+    config: &Config,
+    envelope: &Envelope,
+    headers: &HeaderSection,
+) -> Option<CustomHit> {
+    let custom = &config.custom_email.addresses;
+    if custom.is_empty() {
+        return None;
+    }
+    let to: Vec<String> = addresses(headers, "To").collect();
+    let in_to = |c: &str| {
+        to.iter()
+            .any(|a| custom_address(custom, a, true) == Some(c))
+    };
+    let envelope_addrs = envelope
+        .original_recipients
+        .iter()
+        .chain(&envelope.recipients);
+    for addr in envelope_addrs {
+        if let Some(c) = custom_address(custom, strip_brackets(addr), false) {
+            return Some(CustomHit {
+                address: c.to_string(),
+                found_in: ENVELOPE,
+                in_to: in_to(c),
+            });
+        }
+    }
+    to.iter().find_map(|a| {
+        custom_address(custom, a, true).map(|c| CustomHit {
+            address: c.to_string(),
+            found_in: "To",
+            in_to: true,
         })
     })
 }
@@ -279,6 +384,47 @@ fn read_quoted(chars: &mut std::str::Chars, into: &mut String) -> bool {
     false
 }
 
+/// Which GitLab receiver to predict. mailpipe supports GitLab 16.0 to
+/// 18.x; the prepended `Delivered-To` is decided against both ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitlabVersion {
+    /// GitLab 16.0 (`lib/gitlab/email/receiver.rb` before the gem): To,
+    /// References, Delivered-To, Envelope-To, X-Envelope-To. `Received`
+    /// sat behind the feature flag `use_received_header_for_incoming_emails`
+    /// (so it may be off), Cc came in 16.5, X-Original-To in 17.0,
+    /// X-Delivered-To and X-Forwarded-To in 17.6, the custom Service Desk
+    /// lookups on To in 17.x.
+    Oldest,
+    /// The newest: `gems/gitlab-email_handler/lib/gitlab/email_handler/mail_key.rb`
+    /// `each_candidate`, plus `receiver.rb`'s custom-email lookups on To.
+    Newest,
+}
+
+impl GitlabVersion {
+    pub const ALL: [GitlabVersion; 2] = [GitlabVersion::Oldest, GitlabVersion::Newest];
+
+    fn reads(self, header: &str) -> bool {
+        match self {
+            GitlabVersion::Newest => true,
+            GitlabVersion::Oldest => matches!(
+                header,
+                "To" | "References" | "Delivered-To" | "Envelope-To" | "X-Envelope-To"
+            ),
+        }
+    }
+}
+
+/// What GitLab's receiver sees: the incoming template (`None` in the
+/// dedicated-address mode, where the regex has no capture group), the
+/// `gitlab.host` of its reply ids, and the custom Service Desk addresses its
+/// database knows.
+#[derive(Debug, Clone, Copy)]
+pub struct GitlabSetup<'a> {
+    pub template: Option<&'a Template>,
+    pub host: &'a str,
+    pub custom: &'a [String],
+}
+
 /// Where GitLab's own receiver looks, in its order, with its quirks
 /// (`MailKey.each_candidate`, `reference_message_ids` and
 /// `received_recipients` in
@@ -286,27 +432,75 @@ fn read_quoted(chars: &mut std::str::Chars, into: &mut String) -> bool {
 /// and Cc parsed, References only as a list of two
 /// or more ids (or one it cannot parse), the other headers as raw values
 /// matched case-sensitively, Received by `for\s+<([^<]+)>`. Returns the
-/// key GitLab would use and where it would find it.
+/// key GitLab would use and where it would find it. The newest GitLab,
+/// without custom Service Desk addresses; see [`gitlab_key_as`].
 pub fn gitlab_key(
     headers: &HeaderSection,
     template: &Template,
     host: &str,
 ) -> Option<(String, &'static str)> {
+    let setup = GitlabSetup {
+        template: Some(template),
+        host,
+        custom: &[],
+    };
+    gitlab_key_as(GitlabVersion::Newest, headers, &setup)
+}
+
+/// The text [`gitlab_key_as`] returns for a custom Service Desk address in
+/// To: GitLab routes it to that project's Service Desk, a key mailpipe does
+/// not know (it can never equal a [`Key`]: `<` is outside the alphabet).
+pub fn custom_key_marker(address: &str) -> String {
+    format!("<custom {address}>")
+}
+
+/// [`gitlab_key`] for one GitLab version and setup.
+pub fn gitlab_key_as(
+    version: GitlabVersion,
+    headers: &HeaderSection,
+    setup: &GitlabSetup,
+) -> Option<(String, &'static str)> {
+    let of = |addr: &str| {
+        setup
+            .template
+            .and_then(|t| t.gitlab_key_of(addr))
+            .map(str::to_string)
+    };
     let parsed = |name: &'static str| {
-        addresses(headers, name)
-            .find_map(|a| template.gitlab_key_of(&a).map(|k| (k.to_string(), name)))
+        if !version.reads(name) {
+            return None;
+        }
+        addresses(headers, name).find_map(|a| of(&a).map(|k| (k, name)))
     };
     let raw = |name: &'static str| {
-        headers.all(name).find_map(|f| {
-            template
-                .gitlab_key_of(&f.text())
-                .map(|k| (k.to_string(), name))
-        })
+        if !version.reads(name) {
+            return None;
+        }
+        headers
+            .all(name)
+            .find_map(|f| of(&f.text()).map(|k| (k, name)))
     };
-    if let Some(hit) = parsed("To") {
-        return Some(hit);
+    // receiver.rb `mail_key`, To only: the custom reply address, the
+    // template, then the custom address itself (17.x and later).
+    for addr in addresses(headers, "To") {
+        if version == GitlabVersion::Newest
+            && let Some(key) = custom_reply_key(setup.custom, &addr, true)
+        {
+            return Some((key.as_str().to_string(), "To"));
+        }
+        if let Some(key) = of(&addr) {
+            return Some((key, "To"));
+        }
+        if version == GitlabVersion::Newest
+            && let Some(c) = custom_address(setup.custom, &addr, true)
+        {
+            return Some((custom_key_marker(c), "To"));
+        }
     }
-    if let Some(field) = headers.first("References") {
+    // The mail gem keeps only the last References field (it is a field of
+    // which a message has one), and returns a single well-formed id as a
+    // bare String, which GitLab's scan then misses: `MailKey.scan_fallback_references` needs the brackets the mail gem strips from a lone id.
+    if let Some(field) = headers.all("References").last() {
         let text = field.text();
         let ids = message_ids(&text);
         // The mail gem returns a single well-formed id as a bare String,
@@ -315,10 +509,9 @@ pub fn gitlab_key(
         // `message_ids[0]` when there is exactly one.
         let single = ids.len() == 1 && text.trim().starts_with('<') && text.trim().ends_with('>');
         if !single {
+            let suffix = format!("@{}", setup.host);
             let hit = ids.iter().find_map(|id| {
-                let key = id
-                    .strip_prefix("reply-")?
-                    .strip_suffix(&format!("@{host}"))?;
+                let key = id.strip_prefix("reply-")?.strip_suffix(&suffix)?;
                 (!key.is_empty()).then(|| (key.to_string(), "References"))
             });
             if hit.is_some() {
@@ -331,12 +524,14 @@ pub fn gitlab_key(
             return Some(hit);
         }
     }
-    for field in headers.all("Received") {
-        let text = field.text();
-        if let Some(addr) = gitlab_received_for(&text)
-            && let Some(key) = template.gitlab_key_of(addr)
-        {
-            return Some((key.to_string(), "Received"));
+    if version.reads("Received") {
+        for field in headers.all("Received") {
+            let text = field.text();
+            if let Some(addr) = gitlab_received_for(&text)
+                && let Some(key) = of(addr)
+            {
+                return Some((key, "Received"));
+            }
         }
     }
     for name in AFTER_RECEIVED {

@@ -410,3 +410,43 @@ fn broken_configs_and_spools_each_have_their_own_message() {
         c.text
     );
 }
+
+#[test]
+fn custom_service_desk_addresses_are_explained() {
+    let inst = Instance::start(Variant::Subaddress);
+    // The config master.cf names, so check does not flag a mismatch.
+    let config = inst.config_file.clone();
+    let original = fs::read_to_string(&config).unwrap();
+    let mut text = original.clone();
+    text.push_str("\n[service_desk_custom_email]\naddresses = [\"support@customer.example\"]\n");
+    fs::write(&config, text).unwrap();
+    let c = check(&inst, &config, &[]);
+    assert_eq!(c.code, 0, "{}", c.text);
+    let line = c
+        .text
+        .lines()
+        .find(|l| l.contains("service_desk_custom_email"))
+        .unwrap_or_else(|| panic!("no custom email line:\n{}", c.text));
+    assert!(
+        line.starts_with("ok")
+            && line.contains("support@customer.example")
+            && line.contains("+verify"),
+        "{line}"
+    );
+    // A custom address that is also a GitLab mailbox address is refused.
+    let mut text = original.clone();
+    text.push_str(
+        "\n[service_desk_custom_email]\naddresses = [\"incoming+x@incoming.gitlab.example.com\"]\n",
+    );
+    fs::write(&config, text).unwrap();
+    let c = check(&inst, &config, &[]);
+    assert_eq!(c.code, 1, "{}", c.text);
+    assert!(
+        errors(&c)
+            .iter()
+            .any(|l| l.contains("service_desk_custom_email.addresses")),
+        "{}",
+        c.text
+    );
+    fs::write(&config, original).unwrap();
+}

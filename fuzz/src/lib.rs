@@ -246,8 +246,11 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
         assert_key_ok(key.as_str(), form);
     }
     if matches!(d.status, Status::Accepted) {
+        // A keyless accept is only a configured custom Service Desk address.
         assert!(
-            d.route.is_some() && d.key.is_some() && d.kind.is_some(),
+            d.route.is_some()
+                && (d.key.is_some() || d.custom_address.is_some())
+                && d.kind.is_some(),
             "{form}: accepted without route, key or kind: {s:?}"
         );
     }
