@@ -605,7 +605,7 @@ mod tests {
         assert_shape(&line);
         assert!(!line.contains("k1@"), "{line}");
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
