@@ -85,24 +85,34 @@ pub struct RequeueArgs {
 
 /// The envelope, from Postfix's macros. Use the `--flag=value` form in
 /// master.cf so an address starting with `-` stays an argument's value.
+/// The values are read as bytes and converted lossily (invalid bytes become U+FFFD): an
+/// address that is not UTF-8 is still an address, never a usage error
+/// (which would defer the message until Postfix gives up and bounces it).
 #[derive(Debug, Clone, Args)]
 pub struct EnvelopeArgs {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
     /// Envelope sender (`${sender}`); empty means the null sender.
-    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true, value_parser = lossy())]
     pub sender: Option<String>,
     /// Envelope recipient (`${recipient}`). Given twice, mailpipe defers:
     /// set the transport's destination_recipient_limit to 1.
-    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true, value_parser = lossy())]
     pub recipient: Vec<String>,
     /// Recipient as first received (`${original_recipient}`).
-    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true, value_parser = lossy())]
     pub original_recipient: Vec<String>,
     /// Postfix queue id (`${queue_id}`), for logs and file names.
-    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true, value_parser = lossy())]
     pub queue_id: Option<String>,
+}
+
+/// An argument as bytes, made UTF-8 lossily: invalid bytes become U+FFFD
+/// (which the log prints as `?` and no key alphabet accepts).
+fn lossy() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(|s| s.to_string_lossy().into_owned())
 }
 
 /// Options of `mailpipe check`.
@@ -207,6 +217,34 @@ mod tests {
         };
         assert_eq!(a.recipient, ["-oX@ex.com"]);
         assert_eq!(a.sender.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn envelope_bytes_that_are_not_utf8_are_still_values() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let arg = |prefix: &str, bad: &[u8]| {
+            let mut v = prefix.as_bytes().to_vec();
+            v.extend_from_slice(bad);
+            OsString::from_vec(v)
+        };
+        let args = [
+            OsString::from("mailpipe"),
+            OsString::from("deliver"),
+            arg("--sender=j", b"\xf6\xff@ex.com"),
+            arg("--recipient=incoming+k@ex.com", b""),
+            arg("--original-recipient=-", b"\xc3"),
+            arg("--queue-id=4X", b"\x80Y"),
+        ];
+        let ParseOutcome::Run(cli) = parse(args) else {
+            panic!("non-UTF-8 bytes must not be a usage error")
+        };
+        let Command::Deliver(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.sender.as_deref(), Some("j\u{fffd}\u{fffd}@ex.com"));
+        assert_eq!(a.original_recipient, ["-\u{fffd}"]);
+        assert_eq!(a.queue_id.as_deref(), Some("4X\u{fffd}Y"));
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub fn envelope(args: &EnvelopeArgs) -> Envelope {
             queue_id: args.queue_id.clone(),
         };
     }
-    let var = |name| std::env::var(name).ok();
+    // Bytes, converted lossily like the flags: `std::env::var` would drop
+    // a variable that is not UTF-8 and lose the recipient.
+    let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
     Envelope {
         sender: var("SENDER"),
         recipients: var("RECIPIENT")

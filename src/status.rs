@@ -216,7 +216,12 @@ pub fn report(status: &Status) {
     }
 }
 
-/// Keeps `text` to printable ASCII on one line, at most `max` bytes.
+/// Keeps `text` to printable ASCII on one line, at most `max` bytes: the
+/// one filter for every header-derived text or file name that reaches a
+/// log or a terminal. Tabs and line breaks read as spaces; every other
+/// control (C0, ESC, DEL, C1), every bidi override or isolate (U+202A–E,
+/// U+2066–9) and anything else outside ASCII becomes `?`, so no escape
+/// sequence, forged line or reordered text gets through.
 pub fn printable(text: &str, max: usize) -> String {
     text.chars()
         .map(|c| match c {
@@ -327,5 +332,26 @@ mod tests {
     fn printable_keeps_one_line() {
         assert_eq!(printable("a\nb\tc\u{e9}\0", 10), "a b c??");
         assert_eq!(printable("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn printable_lets_no_control_or_bidi_through() {
+        // ESC (a terminal escape), CR, LF, other C0, DEL, C1 (CSI U+009B),
+        // bidi overrides and isolates, U+FFFD from bytes that were not UTF-8.
+        let hostile =
+            "n\x1b[2Jm\r\nx\x07\x08\x7f\u{9b}1m\u{85}\u{202e}gpj.exe\u{2066}\u{2069}\u{fffd}";
+        let shown = printable(hostile, 100);
+        assert_eq!(shown, "n?[2Jm  x????1m??gpj.exe???");
+        assert!(
+            shown.bytes().all(|b| (b' '..=b'~').contains(&b)),
+            "{shown:?}"
+        );
+        for c in (0u32..0x20).chain(0x7f..0xa0).chain([
+            0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069,
+        ]) {
+            let c = char::from_u32(c).unwrap();
+            let out = printable(&c.to_string(), 4);
+            assert!(out == "?" || out == " ", "{c:?} -> {out:?}");
+        }
     }
 }

@@ -365,6 +365,8 @@ fn broken_configs_and_spools_each_have_their_own_message() {
     )
     .unwrap();
     fs::write(&bad_secret, "c2hvcnQ=\n").unwrap();
+    // Root's own (mailpipe-drain's in production): never the deliver account's.
+    fs::set_permissions(&good_secret, fs::Permissions::from_mode(0o600)).unwrap();
     let with_drain = |secret: &Path| {
         original
             .replace("[gitlab]\n", "[gitlab]\nurl = \"http://127.0.0.1:9\"\n")
@@ -449,4 +451,252 @@ fn custom_service_desk_addresses_are_explained() {
         c.text
     );
     fs::write(&config, original).unwrap();
+}
+
+fn chown(path: &Path, user: &str) {
+    let ok = Command::new("chown")
+        .arg(user)
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "chown {user} {}", path.display());
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The deliver account (master.cf user=mailpipe) parses Internet mail: check
+/// says so when it could change the config, or read or change a secret.
+#[test]
+fn what_the_deliver_account_can_reach_is_an_error() {
+    let inst = Instance::start(Variant::Subaddress);
+    let user = postfix_support::MAILPIPE_USER;
+    let config = inst.config_file.clone();
+    let etc = config.parent().unwrap().to_path_buf();
+    let original = fs::read_to_string(&config).unwrap();
+
+    let c = check(&inst, &config, &[]);
+    assert_eq!(c.code, 0, "{}", c.text);
+    assert!(
+        c.text
+            .contains(&format!("{user} can read it and cannot change it")),
+        "{}",
+        c.text
+    );
+
+    // The config: the deliver account's own, writable by all, in a folder
+    // it can write; and one it cannot read at all.
+    expect_finding(
+        &inst,
+        "error",
+        &format!("writable by {user}, the account that parses Internet mail"),
+        || chown(&config, user),
+        || chown(&config, "root"),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        "writable by",
+        || chmod(&config, 0o666),
+        || chmod(&config, 0o644),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("folder {} is writable by {user}", etc.display()),
+        || chmod(&etc, 0o777),
+        || chmod(&etc, 0o755),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("folder {} is writable by {user}", etc.display()),
+        || chown(&etc, user),
+        || chown(&etc, "root"),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("not readable by {user}, who runs deliver"),
+        || chmod(&config, 0o600),
+        || chmod(&config, 0o644),
+    );
+
+    // A secret of root's (0600), in its own folder: no error. Then readable
+    // by the deliver account (group, world, owner), writable by it, and its
+    // folder writable by it.
+    let secrets = inst.dir.join("etc/secrets");
+    fs::create_dir_all(&secrets).unwrap();
+    chmod(&secrets, 0o755);
+    let secret = secrets.join("incoming_email.secret");
+    fs::write(&secret, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+    chmod(&secret, 0o600);
+    fs::write(
+        &config,
+        original
+            .replace("[gitlab]\n", "[gitlab]\nurl = \"http://127.0.0.1:9\"\n")
+            .replace(
+                "[incoming_email]\n",
+                &format!("[incoming_email]\nsecret_file = \"{}\"\n", secret.display()),
+            )
+            .replace(
+                "[service_desk_email]\n",
+                &format!(
+                    "[service_desk_email]\nsecret_file = \"{}\"\n",
+                    secret.display()
+                ),
+            ),
+    )
+    .unwrap();
+    let c = check(&inst, &config, &[]);
+    assert_eq!(c.code, 0, "{}", c.text);
+    assert!(
+        c.text
+            .contains(&format!("(mode 0600) is out of {user}'s reach")),
+        "{}",
+        c.text
+    );
+    expect_finding(
+        &inst,
+        "error",
+        "is world-readable (mode 0644)",
+        || chmod(&secret, 0o644),
+        || chmod(&secret, 0o600),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("is readable by {user}, the account that parses Internet mail"),
+        || {
+            chown(&secret, &format!("root:{user}"));
+            chmod(&secret, 0o640);
+        },
+        || {
+            chown(&secret, "root:root");
+            chmod(&secret, 0o600);
+        },
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("is writable by {user}"),
+        || chown(&secret, user),
+        || chown(&secret, "root"),
+    );
+    expect_finding(
+        &inst,
+        "error",
+        &format!("folder {} is writable by {user}", secrets.display()),
+        || chmod(&secrets, 0o777),
+        || chmod(&secrets, 0o755),
+    );
+    // A sticky folder (like /tmp) is fine while root owns the entry...
+    chmod(&secrets, 0o1777);
+    let c = check(&inst, &config, &[]);
+    assert_eq!(c.code, 0, "sticky, root's secret: {}", c.text);
+    // ...but not once the deliver account owns it.
+    chown(&secret, user);
+    let c = check(&inst, &config, &[]);
+    chown(&secret, "root");
+    chmod(&secrets, 0o755);
+    assert!(
+        errors(&c)
+            .iter()
+            .any(|l| l.contains(&format!("folder {} is writable", secrets.display()))),
+        "sticky, the deliver account's file: {}",
+        c.text
+    );
+    // ...and the secret's content never appears in any finding.
+    assert!(!c.text.contains("MDEyMzQ1"), "{}", c.text);
+    fs::write(&config, &original).unwrap();
+}
+
+#[test]
+fn plain_http_to_another_host_and_smtputf8_off_are_warnings() {
+    let inst = Instance::start(Variant::Subaddress);
+    let config = inst.config_file.clone();
+    let original = fs::read_to_string(&config).unwrap();
+    let with_url =
+        |url: &str| original.replace("[gitlab]\n", &format!("[gitlab]\nurl = \"{url}\"\n"));
+    for url in [
+        "http://127.0.0.1:8080",
+        "http://[::1]:8080/gitlab",
+        "http://localhost",
+        "https://gitlab.example.com",
+    ] {
+        fs::write(&config, with_url(url)).unwrap();
+        let c = check(&inst, &config, &[]);
+        assert!(!c.text.contains("plain http"), "{url}: {}", c.text);
+    }
+    expect_finding(
+        &inst,
+        "warning",
+        "is plain http to gitlab.example.com, not a loopback address",
+        || fs::write(&config, with_url("http://gitlab.example.com")).unwrap(),
+        || fs::write(&config, &original).unwrap(),
+    );
+    expect_finding(
+        &inst,
+        "warning",
+        "http://user@10.0.0.1:80 is plain http to 10.0.0.1",
+        || fs::write(&config, with_url("http://user@10.0.0.1:80/")).unwrap(),
+        || fs::write(&config, &original).unwrap(),
+    );
+
+    // The shipped setup has SMTPUTF8 on (Postfix's default).
+    let c = check(&inst, &config, &[]);
+    assert!(
+        c.text
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("smtputf8_enable")),
+        "{}",
+        c.text
+    );
+    expect_finding(
+        &inst,
+        "warning",
+        "smtputf8_enable: no: Postfix does not offer SMTPUTF8",
+        || postconf(&inst, "smtputf8_enable=no"),
+        || postconf(&inst, "smtputf8_enable=yes"),
+    );
+    // What the warning says is what Postfix does: with smtputf8_enable=no,
+    // EHLO does not offer SMTPUTF8 and MAIL FROM ... SMTPUTF8 is refused.
+    let reload = |setting: &str| {
+        postconf(&inst, setting);
+        let ok = Command::new("postfix")
+            .arg("-c")
+            .arg(&inst.conf)
+            .arg("reload")
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "postfix reload");
+        // Wait until smtpd runs with the new setting.
+        let want = setting.ends_with("yes");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let smtp = inst.smtp();
+            let offers = smtp.ehlo.contains("SMTPUTF8");
+            if offers == want {
+                return smtp;
+            }
+            smtp.quit();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "smtpd kept its old setting"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let mut smtp = reload("smtputf8_enable=no");
+    let r = smtp.cmd("MAIL FROM:<j\u{f6}rg@example.com> SMTPUTF8");
+    assert!(r.starts_with("555 5.5.4"), "{r}");
+    smtp.quit();
+    let mut smtp = reload("smtputf8_enable=yes");
+    let r = smtp.cmd("MAIL FROM:<j\u{f6}rg@example.com> SMTPUTF8");
+    assert!(r.starts_with("250"), "{r}");
+    smtp.quit();
 }

@@ -1009,6 +1009,135 @@ fn recipient_starting_with_a_hyphen_is_an_address() {
     expect(&run, 67, "5.1.1 ");
 }
 
+/// Runs `deliver` with arguments (and local(8) variables) given as bytes.
+fn deliver_bytes(s: &TestSpool, args: &[&[u8]], env: &[(&str, &[u8])], input: &[u8]) -> Run {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("deliver")
+        .arg(format!("--config={}", s.config.display()))
+        .args(args.iter().map(|a| OsStr::from_bytes(a)))
+        .env_remove("SENDER")
+        .env_remove("RECIPIENT")
+        .env_remove("ORIGINAL_RECIPIENT");
+    for (name, value) in env {
+        cmd.env(name, OsStr::from_bytes(value));
+    }
+    let out = cmd
+        .stdin(std::fs::File::open(write_tmp(s, input)).unwrap())
+        .output()
+        .unwrap();
+    finish(out)
+}
+
+#[test]
+fn envelope_bytes_that_are_not_utf8_get_the_normal_answer_never_75() {
+    let s = TestSpool::new("bytes");
+    let msg = message("x@y.z", "");
+    let good = rcpt(&incoming(REPLY_KEY));
+    // A sender and a queue id with invalid UTF-8: spooled (0), as without.
+    let run = deliver_bytes(
+        &s,
+        &[
+            b"--sender=j\xf6rg\xff@example.com",
+            good.as_bytes(),
+            b"--original-recipient=\xc3",
+            b"--queue-id=4X\x80q9",
+        ],
+        &[],
+        &msg,
+    );
+    expect(&run, 0, "");
+    let name = s.files(IE)[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.contains("Q4Xq9"),
+        "invalid bytes never reach a file name: {name}"
+    );
+    std::fs::remove_file(&s.files(IE)[0]).unwrap();
+    // A recipient with invalid bytes is no valid key: the final 5.1.1.
+    let mut bad = format!("--recipient=incoming+{REPLY_KEY}").into_bytes();
+    bad.extend_from_slice(b"\xff@");
+    bad.extend_from_slice(DOMAIN.as_bytes());
+    let run = deliver_bytes(&s, &[&bad, b"--sender=\xfe"], &[], &msg);
+    expect(&run, 67, "5.1.1 ");
+    assert!(s.files(IE).is_empty());
+    // local(8)'s variables are read as bytes too: an invalid SENDER is
+    // still a sender, an invalid RECIPIENT is no valid key.
+    let run = deliver_bytes(
+        &s,
+        &[],
+        &[
+            ("SENDER", b"\xff\xfe@example.com"),
+            ("RECIPIENT", incoming(REPLY_KEY).as_bytes()),
+        ],
+        &msg,
+    );
+    expect(&run, 0, "");
+    assert_eq!(s.files(IE).len(), 1);
+    std::fs::remove_file(&s.files(IE)[0]).unwrap();
+    let mut bad_env = incoming(REPLY_KEY).into_bytes();
+    bad_env.push(0xff);
+    let run = deliver_bytes(&s, &[], &[("RECIPIENT", &bad_env)], &msg);
+    expect(&run, 67, "5.1.1 ");
+}
+
+#[test]
+fn envelope_values_are_never_options() {
+    let s = TestSpool::new("never-options");
+    let msg = message("x@y.z", "");
+    let good = rcpt(&incoming(REPLY_KEY));
+    // Values that look like options, help, or another config stay values:
+    // the message is spooled with the shipped config, nothing is printed.
+    for args in [
+        vec!["--sender=-x", good.as_str()],
+        vec!["--sender=--help", good.as_str(), "--queue-id=--version"],
+        vec![
+            "--original-recipient=--config=/nonexistent/mailpipe.toml",
+            good.as_str(),
+            "--sender=--recipient=incoming+other@x",
+        ],
+    ] {
+        let run = s.deliver(&args, &msg);
+        expect(&run, 0, "");
+        assert_eq!(s.files(IE).len(), 1, "{args:?}");
+        std::fs::remove_file(&s.files(IE)[0]).unwrap();
+    }
+}
+
+#[test]
+fn the_prepended_delivered_to_is_built_from_the_valid_key_only() {
+    let s = TestSpool::new("prepend-valid");
+    let msg = message("x@y.z", "");
+    // However the recipient is written, the prepended line is the template
+    // rendered with the validated key: no brackets, spaces or other case.
+    for recipient in [
+        format!("<incoming+{REPLY_KEY}@{DOMAIN}> "),
+        format!("INCOMING+{REPLY_KEY}@{}", DOMAIN.to_ascii_uppercase()),
+    ] {
+        expect(&s.deliver(&[&rcpt(&recipient)], &msg), 0, "");
+        let mut want = dt(REPLY_KEY);
+        want.extend_from_slice(&msg);
+        assert_eq!(s.only(IE), want, "{recipient:?}");
+        std::fs::remove_file(&s.files(IE)[0]).unwrap();
+    }
+    // A "key" carrying a line break, a header or a path is no key: nothing
+    // is stored, so no header line can be injected through it.
+    for key in [
+        format!("{REPLY_KEY}\nX-Evil: 1"),
+        format!("{REPLY_KEY}\r\nBcc: a@b"),
+        "../../etc/passwd".to_string(),
+        format!("{REPLY_KEY} x"),
+    ] {
+        let run = s.deliver(&[&rcpt(&incoming(&key))], &msg);
+        expect(&run, 67, "5.1.1 ");
+        assert!(s.files(IE).is_empty(), "{key:?}");
+    }
+}
+
 #[test]
 fn huge_and_repetitive_headers_stay_bounded() {
     let s = TestSpool::new("huge");
