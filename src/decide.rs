@@ -112,7 +112,31 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         d.message_id = message_id;
         return d;
     }
-    let Some(found) = lookup::find_key(config, envelope, &headers) else {
+    by_key(config, envelope, &headers, message_id)
+}
+
+/// The decision for one envelope recipient alone, before any header exists
+/// (SMTP `RCPT TO`): what [`decide`] answers for a message to `recipient`
+/// whose headers hold no key. `mailpipe policy` refuses at RCPT exactly the
+/// recipients this rejects, with the same 5.1.1 text `deliver` would bounce
+/// with, because both come from [`by_key`].
+pub fn for_recipient(config: &Config, recipient: &str) -> Decision {
+    let envelope = Envelope {
+        recipients: vec![recipient.to_string()],
+        ..Envelope::default()
+    };
+    by_key(config, &envelope, &HeaderSection::default(), None)
+}
+
+/// The key, its handler and the line the stored copy needs: the part of the
+/// decision after the auto-reply check.
+fn by_key(
+    config: &Config,
+    envelope: &Envelope,
+    headers: &HeaderSection,
+    message_id: Option<String>,
+) -> Decision {
+    let Some(found) = lookup::find_key(config, envelope, headers) else {
         let mut d = Decision::refuse(Status::Rejected(
             Rejection::UnknownKey,
             no_key_reason(config, envelope),
@@ -146,7 +170,7 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         return decision;
     }
     if let Some(route) = config.route(found.route) {
-        let gitlab = lookup::gitlab_key(&headers, &route.template, &config.gitlab_host);
+        let gitlab = lookup::gitlab_key(headers, &route.template, &config.gitlab_host);
         let agrees = gitlab
             .as_ref()
             .is_some_and(|(k, _)| k == found.key.as_str());

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, Deferral, Status};
-use mailpipe::{check, deliver, drain, spool};
+use mailpipe::{check, deliver, drain, policy, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -40,10 +40,27 @@ fn main() -> ExitCode {
             }
             Command::Queue(args) => return exit_code(drain::queue::command(&args)),
             Command::Requeue(args) => return exit_code(drain::queue::requeue_command(&args)),
+            Command::Policy(args) => return exit_code(run_policy(&args)),
         },
     };
     status::report(&status);
     ExitCode::from(status.exit_code())
+}
+
+/// `mailpipe policy`: parse --listen, then serve until killed.
+fn run_policy(args: &cli::PolicyArgs) -> bool {
+    let listen = match args.listen.as_deref().map(policy::Listen::parse) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = writeln!(std::io::stderr(), "mailpipe policy: --listen={e}");
+            return false;
+        }
+    };
+    policy::command(&policy::Options {
+        config: args.config.clone(),
+        listen,
+    })
 }
 
 /// In a statically linked build, keeps glibc from loading NSS modules
