@@ -46,6 +46,9 @@ pub struct Explanation {
     pub kind: Option<&'static str>,
     pub reason: String,
     pub prepend: Option<String>,
+    /// What `mailpipe policy` would answer at RCPT TO for the envelope
+    /// recipient (before rate limits; no SIZE= known). Set by `explain`.
+    pub policy: Option<String>,
 }
 
 impl Decision {
@@ -79,6 +82,7 @@ impl Decision {
                 other => other.reason().to_string(),
             },
             prepend: self.prepend.clone(),
+            policy: None,
         }
     }
 }

@@ -149,15 +149,19 @@ impl ConfigSource {
 
 fn report_load(config: &Result<Config, String>) {
     match config {
-        Ok(c) => log(&format!(
-            "config {} loaded; answering for {}",
-            c.path.display(),
-            c.routes
+        Ok(c) => {
+            let mut domains: Vec<String> = c
+                .routes
                 .iter()
-                .map(|r| r.template.domain())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+                .map(|r| r.template.domain().to_ascii_lowercase())
+                .collect();
+            domains.dedup();
+            log(&format!(
+                "config {} loaded; answering for {}",
+                c.path.display(),
+                domains.join(", ")
+            ));
+        }
         Err(e) => log(&format!(
             "config unusable, answering DUNNO to every request until it is fixed \
              (deliver decides meanwhile): {e}"
@@ -269,6 +273,17 @@ pub fn command(options: &Options) -> bool {
         limiter: Limiter::new(),
         connections: AtomicUsize::new(0),
     });
+    // Re-read a changed file even while no request comes, so the journal
+    // says at once whether an edit loaded.
+    let watcher = Arc::clone(&shared);
+    let _ = std::thread::Builder::new()
+        .name("policy-config".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(RELOAD_CHECK);
+                let _ = watcher.config.current(Instant::now());
+            }
+        });
     match listener {
         Listener::Unix(l) => accept_loop(&shared, || l.accept().map(|(s, _)| s)),
         Listener::Inet(l) => accept_loop(&shared, || l.accept().map(|(s, _)| s)),
