@@ -49,7 +49,11 @@ fn temp_dir(tag: &str) -> PathBuf {
 fn wait_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "{} never answered", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never answered",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -124,7 +128,10 @@ fn systemd_socket_activation() {
 fn many_pipelined_requests_get_one_answer_each_in_order() {
     let server = start("pipeline");
     let mut s = UnixStream::connect(&server.socket).unwrap();
-    let valid = format!("{RCPT}recipient=incoming+{}@in.example.com\n\n", "b".repeat(32));
+    let valid = format!(
+        "{RCPT}recipient=incoming+{}@in.example.com\n\n",
+        "b".repeat(32)
+    );
     let bad = format!("{RCPT}recipient=incoming+bad..key@in.example.com\n\n");
     let mut stream = String::new();
     for i in 0..1000 {

@@ -269,7 +269,13 @@ fn valid_keys_auto_replies_and_service_desk_pass_unchanged() {
     let v = explain(&pf, &incoming(&keys[0]));
     assert_eq!(v["policy"], "DUNNO", "{v}");
     let v = explain(&pf, &incoming("not-a-key"));
-    assert!(v["policy"].as_str().unwrap().starts_with("550 5.1.1 mailpipe: "), "{v}");
+    assert!(
+        v["policy"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1 mailpipe: "),
+        "{v}"
+    );
 }
 
 #[test]
@@ -318,7 +324,10 @@ fn size_over_the_limit_gets_552_at_rcpt() {
     assert!(reply.contains("mailpipe: "), "{reply}");
     // Below the limit, or without SIZE=, the same address is accepted.
     let mut c = pf.smtp();
-    assert!(c.cmd("MAIL FROM:<alice@client.e2e.test> SIZE=1000").starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<alice@client.e2e.test> SIZE=1000")
+            .starts_with("250")
+    );
     assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
     c.quit();
     assert_eq!(mailpipe_runs(&pf), 0);
@@ -382,7 +391,11 @@ fn fails_open_when_killed_stopped_or_misconfigured() {
         (bad_id, good_id)
     };
     // Running: the bad key is refused at RCPT.
-    assert!(pf.smtp().rcpt_reply("alice@client.e2e.test", &bad).starts_with("550"));
+    assert!(
+        pf.smtp()
+            .rcpt_reply("alice@client.e2e.test", &bad)
+            .starts_with("550")
+    );
 
     // Killed: mail is accepted and deliver decides (bounce / spool).
     policy.kill();
@@ -397,7 +410,11 @@ fn fails_open_when_killed_stopped_or_misconfigured() {
     let started = Instant::now();
     let msg = message("alice@client.e2e.test", &good, "x", "", "x\n");
     let id = pf.send("alice@client.e2e.test", &[&good], &msg);
-    assert!(started.elapsed() >= SECS(5), "no timeout? {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= SECS(5),
+        "no timeout? {:?}",
+        started.elapsed()
+    );
     pf.wait_status(&id, "sent", SECS(60));
     policy.signal("CONT");
     policy.kill();
@@ -416,7 +433,12 @@ fn fails_open_when_killed_stopped_or_misconfigured() {
     pf.wait_status(&bad_id, "bounced", SECS(60));
     pf.wait_status(&bad2, "bounced", SECS(60));
     pf.wait_status(&good_id, "sent", SECS(60));
-    assert_eq!(count(&policy.log(), "config unusable"), 1, "{}", policy.log());
+    assert_eq!(
+        count(&policy.log(), "config unusable"),
+        1,
+        "{}",
+        policy.log()
+    );
     drop(policy);
 
     // The shared config broken while running: the service answers DUNNO,
@@ -484,9 +506,11 @@ fn check_verifies_the_policy_wiring() {
             .clone()
     };
     assert_eq!(by("smtpd_policy_service_default_action")["level"], "error");
-    assert!(by("smtpd_policy_service_default_action")["hint"]
-        .as_str()
-        .unwrap()
-        .contains("smtpd_policy_service_default_action=DUNNO"));
+    assert!(
+        by("smtpd_policy_service_default_action")["hint"]
+            .as_str()
+            .unwrap()
+            .contains("smtpd_policy_service_default_action=DUNNO")
+    );
     assert_eq!(by("smtpd_policy_service_timeout")["level"], "warning");
 }

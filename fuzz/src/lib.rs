@@ -431,7 +431,10 @@ pub fn check_policy_request(data: &[u8]) {
         parser.feed(part, |request| {
             let a = answer::for_request(config, &request, Some(&limiter), now);
             if a.action.starts_with("550 ") {
-                let r = request.recipient.as_deref().expect("550 without a recipient");
+                let r = request
+                    .recipient
+                    .as_deref()
+                    .expect("550 without a recipient");
                 let d = decide::for_recipient(config, r);
                 assert!(
                     matches!(d.status, Status::Rejected(..)),
@@ -461,14 +464,21 @@ pub fn check_policy_request(data: &[u8]) {
         let line = rest
             .strip_prefix(b"action=")
             .expect("reply starts with action=");
-        let end = line.iter().position(|&b| b == b'\n').expect("reply line ends");
+        let end = line
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("reply line ends");
         let text = &line[..end];
         assert!(
             text.iter().all(|&b| b == b' ' || b.is_ascii_graphic()),
             "unprintable reply {text:?}"
         );
         assert!(text.len() <= protocol::MAX_ACTION);
-        assert_eq!(&line[end..end + 2], b"\n\n", "reply ends with an empty line");
+        assert_eq!(
+            &line[end..end + 2],
+            b"\n\n",
+            "reply ends with an empty line"
+        );
         let text = std::str::from_utf8(text).expect("ASCII");
         assert!(
             text == answer::DUNNO

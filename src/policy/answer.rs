@@ -45,10 +45,7 @@ impl Answer {
 
     fn refuse(smtp_code: &str, status: &Status, why: &'static str) -> Answer {
         Answer {
-            action: format!(
-                "{smtp_code} {}",
-                status.report_line().unwrap_or_default()
-            ),
+            action: format!("{smtp_code} {}", status.report_line().unwrap_or_default()),
             why,
             untracked: false,
         }
@@ -126,7 +123,10 @@ pub fn for_recipient(
         };
     };
     let max = config.limits.max_message_bytes;
-    if size.and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s > max) {
+    if size
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| s > max)
+    {
         let status = Status::Rejected(Rejection::TooLarge, SpoolError::TooLarge(max).to_string());
         return Answer::refuse("552", &status, "too-large");
     }
@@ -149,9 +149,7 @@ pub fn for_recipient(
             Answer {
                 // 4.7.1: delivery not authorized *now* (RFC 3463 §3.8); a
                 // 4xx makes the client keep the message and retry.
-                action: format!(
-                    "450 4.7.1 mailpipe: too many messages {whose}; try again later"
-                ),
+                action: format!("450 4.7.1 mailpipe: too many messages {whose}; try again later"),
                 why: "rate-limit",
                 untracked: false,
             }
@@ -204,12 +202,23 @@ sender_key_burst = 2
         assert_eq!(a.action, format!("550 {deliver}"));
         assert!(a.action.starts_with("550 5.1.1 mailpipe: "), "{a:?}");
         for bad in ["incoming+a..b@in.example.com", "nobody@in.example.com"] {
-            assert!(for_request(&c, &rcpt(bad, "0"), None, now).action.starts_with("550 5.1.1"));
+            assert!(
+                for_request(&c, &rcpt(bad, "0"), None, now)
+                    .action
+                    .starts_with("550 5.1.1")
+            );
         }
         let ok = format!("incoming+{}@in.example.com", "a".repeat(32));
         assert_eq!(for_request(&c, &rcpt(&ok, "0"), None, now).action, DUNNO);
-        assert!(for_request(&c, &rcpt(&ok, "1001"), None, now).action.starts_with("552 5.3.4 mailpipe: "));
-        assert_eq!(for_request(&c, &rcpt("x@other.example", "0"), None, now).action, DUNNO);
+        assert!(
+            for_request(&c, &rcpt(&ok, "1001"), None, now)
+                .action
+                .starts_with("552 5.3.4 mailpipe: ")
+        );
+        assert_eq!(
+            for_request(&c, &rcpt("x@other.example", "0"), None, now).action,
+            DUNNO
+        );
         let mut data = rcpt("incoming+not-a-key@in.example.com", "0");
         data.protocol_state = Some("DATA".into());
         assert_eq!(for_request(&c, &data, None, now).action, DUNNO);
@@ -218,7 +227,12 @@ sender_key_burst = 2
     #[test]
     fn dedicated_address_is_left_to_deliver() {
         let c = config(&CONFIG.replace("incoming+%{key}@", "incoming@"));
-        let a = for_request(&c, &rcpt("INCOMING@in.example.com", "0"), None, Instant::now());
+        let a = for_request(
+            &c,
+            &rcpt("INCOMING@in.example.com", "0"),
+            None,
+            Instant::now(),
+        );
         assert_eq!((a.action.as_str(), a.why), (DUNNO, "dedicated"));
     }
 

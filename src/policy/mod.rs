@@ -429,7 +429,9 @@ fn systemd_listener() -> Result<Listener, String> {
     // SAFETY: systemd hands the descriptor over to us, to own.
     match family {
         libc::AF_UNIX => Ok(Listener::Unix(unsafe { UnixListener::from_raw_fd(fd) })),
-        libc::AF_INET | libc::AF_INET6 => Ok(Listener::Inet(unsafe { TcpListener::from_raw_fd(fd) })),
+        libc::AF_INET | libc::AF_INET6 => {
+            Ok(Listener::Inet(unsafe { TcpListener::from_raw_fd(fd) }))
+        }
         other => Err(format!("fd {fd} from systemd has address family {other}")),
     }
 }
@@ -444,7 +446,10 @@ mod tests {
             Listen::parse("unix:/run/p.sock"),
             Ok(Listen::Unix("/run/p.sock".into()))
         );
-        assert!(matches!(Listen::parse("inet:127.0.0.1:10033"), Ok(Listen::Inet(_))));
+        assert!(matches!(
+            Listen::parse("inet:127.0.0.1:10033"),
+            Ok(Listen::Inet(_))
+        ));
         assert!(matches!(Listen::parse("[::1]:10033"), Ok(Listen::Inet(_))));
         assert!(Listen::parse("inet:0.0.0.0:10033").is_err());
         assert!(Listen::parse("unix:relative").is_err());

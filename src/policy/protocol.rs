@@ -204,9 +204,18 @@ mod tests {
         assert_eq!(rs[0].malformed, Some("line too long"));
         assert_eq!(rs[0].recipient, None);
 
-        let many: Vec<u8> = b"x=1\n".repeat(MAX_ATTRIBUTES + 1).into_iter().chain(*b"\n").collect();
+        let many: Vec<u8> = b"x=1\n"
+            .repeat(MAX_ATTRIBUTES + 1)
+            .into_iter()
+            .chain(*b"\n")
+            .collect();
         assert_eq!(parse(&many)[0].malformed, Some("too many attributes"));
-        for bad in [&b"noequals\n\n"[..], b"=v\n\n", b"sender=a\nsender=b\n\n", b"sender=\xff\n\n"] {
+        for bad in [
+            &b"noequals\n\n"[..],
+            b"=v\n\n",
+            b"sender=a\nsender=b\n\n",
+            b"sender=\xff\n\n",
+        ] {
             let rs = parse(bad);
             assert_eq!(rs.len(), 1, "{bad:?}");
             assert!(rs[0].malformed.is_some(), "{bad:?}");

@@ -54,7 +54,14 @@ struct Table {
 
 impl Table {
     /// The bucket's level, or `None` when the table has no room for it.
-    fn level(&mut self, id: u64, burst: u32, per_hour: u32, max: usize, now: Instant) -> Option<f64> {
+    fn level(
+        &mut self,
+        id: u64,
+        burst: u32,
+        per_hour: u32,
+        max: usize,
+        now: Instant,
+    ) -> Option<f64> {
         if let Some(b) = self.buckets.get(&id) {
             return Some(b.level(burst, per_hour, now));
         }
@@ -163,14 +170,20 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(l.allow(&r, "A@x", "k", t), Outcome::Allowed);
         }
-        assert_eq!(l.allow(&r, "a@x", "k", t), Outcome::Limited(Limited::SenderKey));
+        assert_eq!(
+            l.allow(&r, "a@x", "k", t),
+            Outcome::Limited(Limited::SenderKey)
+        );
         // Other senders and other keys are not touched.
         assert_eq!(l.allow(&r, "b@x", "k", t), Outcome::Allowed);
         assert_eq!(l.allow(&r, "a@x", "k2", t), Outcome::Allowed);
         // 3600 per hour: one token a second.
         let later = t + Duration::from_millis(1100);
         assert_eq!(l.allow(&r, "a@x", "k", later), Outcome::Allowed);
-        assert_eq!(l.allow(&r, "a@x", "k", later), Outcome::Limited(Limited::SenderKey));
+        assert_eq!(
+            l.allow(&r, "a@x", "k", later),
+            Outcome::Limited(Limited::SenderKey)
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub fn entries(list: &'static str, value: &str) -> Vec<PolicyEntry> {
         rest = rest[at + "check_policy_service".len()..].trim_start_matches([' ', '\t', '\n', ',']);
         if let Some(inner) = rest.strip_prefix('{') {
             let end = inner.find('}').unwrap_or(inner.len());
-            let mut items = inner[..end].split(',').map(str::trim).filter(|s| !s.is_empty());
+            let mut items = inner[..end]
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty());
             let endpoint = items.next().unwrap_or("").to_string();
             let settings = items
                 .filter_map(|i| i.split_once('='))
@@ -89,7 +92,11 @@ pub fn check(config: &Config, postfix: &Postfix, report: &mut Report) {
     let ours = found
         .iter()
         .find(|e| e.endpoint.contains("mailpipe"))
-        .or(if found.len() == 1 { found.first() } else { None });
+        .or(if found.len() == 1 {
+            found.first()
+        } else {
+            None
+        });
     let Some(entry) = ours else {
         report.add(
             Level::Warning,
@@ -219,7 +226,9 @@ pub fn check(config: &Config, postfix: &Postfix, report: &mut Report) {
             Level::Warning,
             "policy",
             &service,
-            format!("not answering ({e}): Postfix uses the default action, no backscatter protection"),
+            format!(
+                "not answering ({e}): Postfix uses the default action, no backscatter protection"
+            ),
             "systemctl enable --now mailpipe-policy.socket (journalctl -u mailpipe-policy)",
         ),
     }
@@ -261,15 +270,19 @@ pub fn ask(endpoint: &str, queue_directory: &Path, request: &Request) -> Result<
         // Postfix resolves a relative path against queue_directory.
         let path = queue_directory.join(path);
         let s = UnixStream::connect(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         exchange(s, &text)?
     } else {
         let addr = endpoint.strip_prefix("inet:").unwrap_or(endpoint);
         let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
         let s = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         exchange(s, &text)?
     };
     Ok(reply)
