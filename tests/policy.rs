@@ -197,6 +197,32 @@ fn idle_connections_are_closed() {
 }
 
 #[test]
+fn a_request_dribbled_byte_by_byte_is_cut_off() {
+    let server = start("dribble");
+    let mut s = UnixStream::connect(&server.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    s.write_all(b"recipient=a").unwrap();
+    let mut buf = [0u8; 16];
+    // One byte every 300 ms keeps the connection busy, never idle; the
+    // whole request must still come within idle_timeout_secs (2).
+    let closed = loop {
+        if s.write_all(b"a").is_err() {
+            break started.elapsed();
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) => panic!("an answer to half a request"),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(15), "never cut off");
+    };
+    assert!(closed >= Duration::from_millis(1900), "{closed:?}");
+}
+
+#[test]
 fn refuses_to_listen_off_loopback_or_without_a_socket() {
     let dir = temp_dir("refuse");
     let config = format!("--config={}", dir.join("mailpipe.toml").display());

@@ -41,7 +41,8 @@ use ratelimit::Limiter;
 /// (default_process_limit 100); past this a connection is closed at once,
 /// and Postfix falls back to its default action.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Once a request has begun, the rest of it must come within this.
+/// Once a request has begun, all of it must have come within this (or
+/// within `policy.idle_timeout_secs`, when shorter).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A reply that cannot be written within this closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -338,13 +339,17 @@ fn serve<C: Conn>(shared: &Shared, mut conn: C) {
         .as_ref()
         .map_or(300, |c| c.policy.idle_timeout_secs);
     let idle = Duration::from_secs(idle);
+    let request_timeout = REQUEST_TIMEOUT.min(idle);
     if conn.write_timeout(WRITE_TIMEOUT).is_err() || conn.read_timeout(idle).is_err() {
         return;
     }
     let mut parser = Parser::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(1024);
-    let mut waiting_idle = true;
+    // When the request being read began; `None` between requests. Postfix
+    // sends a request in one write, so the timeouts change only for a
+    // client that dribbles.
+    let mut request_began: Option<Instant> = None;
     loop {
         let n = match conn.read(&mut buf) {
             Ok(0) => return,
@@ -352,9 +357,11 @@ fn serve<C: Conn>(shared: &Shared, mut conn: C) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
+        let mut answered = false;
         parser.feed(&buf[..n], |request| {
             let a = shared.answer(&request);
             protocol::reply(&a.action, &mut out);
+            answered = true;
         });
         if !out.is_empty() {
             if conn.write_all(&out).is_err() {
@@ -362,13 +369,22 @@ fn serve<C: Conn>(shared: &Shared, mut conn: C) {
             }
             out.clear();
         }
-        let in_request = parser.in_request();
-        if in_request == waiting_idle {
-            waiting_idle = !in_request;
-            let t = if in_request { REQUEST_TIMEOUT } else { idle };
-            if conn.read_timeout(t).is_err() {
-                return;
+        if parser.in_request() {
+            if answered {
+                // A new request began within this read.
+                request_began = None;
             }
+            let began = *request_began.get_or_insert_with(Instant::now);
+            match request_timeout.checked_sub(began.elapsed()) {
+                Some(left) if !left.is_zero() => {
+                    if conn.read_timeout(left).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        } else if request_began.take().is_some() && conn.read_timeout(idle).is_err() {
+            return;
         }
     }
 }
