@@ -170,6 +170,9 @@ pub fn run(options: &Options) -> Report {
     let postfix = Postfix::new(options.postfix_config.as_deref());
     let service = check_postfix(&config, options, &postfix, &mut report);
     check_security(&config, &postfix, &mut report);
+    if postfix.param("mail_version").is_ok() {
+        crate::policy::wiring::check(&config, &postfix, &mut report);
+    }
     let user = service
         .as_ref()
         .and_then(|s| s.user.clone())
@@ -653,7 +656,7 @@ fn check_delimiter(config: &Config, postfix: &Postfix, report: &mut Report) {
 }
 
 /// Postfix time values: a number with an optional unit (s, m, h, d, w).
-fn parse_duration(value: &str) -> Option<u64> {
+pub(crate) fn parse_duration(value: &str) -> Option<u64> {
     let value = value.trim();
     let (digits, unit) = value.split_at(
         value

@@ -44,6 +44,23 @@ pub enum Command {
     Queue(QueueArgs),
     /// Move failed messages back into the queue (like `postsuper -r`).
     Requeue(RequeueArgs),
+    /// Postfix policy service (check_policy_service): refuse at RCPT TO what
+    /// deliver would bounce (550 5.1.1, 552 5.3.4) and rate-limit mail loops
+    /// (450 4.7.1); any failure answers DUNNO. A daemon: systemd's
+    /// mailpipe-policy.socket, or --listen. Exit 1 when it cannot listen.
+    Policy(PolicyArgs),
+}
+
+/// Options of `mailpipe policy`.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Configuration file (re-read when it changes).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Listen on `unix:PATH` or `inet:127.0.0.1:PORT` (loopback only)
+    /// instead of the socket systemd passes.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 /// Options of `mailpipe drain`.

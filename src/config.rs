@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub limits: Limits,
     #[serde(default)]
     pub drain: DrainConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// GitLab's custom Service Desk email (16.3+): see [`CustomEmailConfig`].
     pub service_desk_custom_email: Option<RawCustomEmail>,
 }
@@ -158,6 +160,45 @@ impl Default for DrainConfig {
     }
 }
 
+/// Settings of `mailpipe policy`, the Postfix policy service (never read
+/// by `deliver`). Two token buckets per recipient key: one per (envelope
+/// sender, key) and one per key whatever the sender. A bucket holds `burst`
+/// messages and refills at `per_hour`; an empty bucket answers 450 4.7.1
+/// (defer), so a real sender's mail still arrives later.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Messages one sender may send to one key at once. A person replying
+    /// to one thread never sends 20 in a row; a mail loop does in minutes.
+    pub sender_key_burst: u32,
+    /// Refill of that bucket per hour (20: one every 3 minutes).
+    pub sender_key_per_hour: u32,
+    /// Messages to one key from all senders at once (a Service Desk key is
+    /// shared by every customer of a project).
+    pub key_burst: u32,
+    /// Refill of the per-key bucket per hour.
+    pub key_per_hour: u32,
+    /// Buckets kept in memory at most; past it, new pairs are not limited
+    /// (fail open) until full buckets are forgotten.
+    pub max_tracked: usize,
+    /// A connection that sends nothing for this long is closed (Postfix
+    /// keeps idle ones for smtpd_policy_service_max_idle, 300s).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            sender_key_burst: 20,
+            sender_key_per_hour: 20,
+            key_burst: 200,
+            key_per_hour: 600,
+            max_tracked: 100_000,
+            idle_timeout_secs: 330,
+        }
+    }
+}
+
 /// One configured mailbox, checked.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -192,6 +233,7 @@ pub struct Config {
     pub limits: Limits,
     pub drain: DrainConfig,
     pub custom_email: CustomEmailConfig,
+    pub policy: PolicyConfig,
 }
 
 /// One problem in the file, located, with what to do about it.
@@ -369,6 +411,20 @@ impl Config {
                 }
             }
         }
+        let policy = &raw.policy;
+        if policy.sender_key_burst == 0
+            || policy.key_burst == 0
+            || policy.max_tracked == 0
+            || policy.idle_timeout_secs == 0
+        {
+            problems.push(err(
+                None,
+                Some("policy"),
+                "sender_key_burst, key_burst, max_tracked and idle_timeout_secs must be positive"
+                    .into(),
+                "remove the [policy] table to use the defaults",
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -381,6 +437,7 @@ impl Config {
             limits: raw.limits,
             drain: raw.drain,
             custom_email,
+            policy: raw.policy,
         })
     }
 

@@ -53,6 +53,9 @@ pub struct Explanation {
     pub kind: Option<&'static str>,
     pub reason: String,
     pub prepend: Option<String>,
+    /// What `mailpipe policy` would answer at RCPT TO for the envelope
+    /// recipient (before rate limits; no SIZE= known). Set by `explain`.
+    pub policy: Option<String>,
 }
 
 impl Decision {
@@ -88,6 +91,7 @@ impl Decision {
                 other => other.reason().to_string(),
             },
             prepend: self.prepend.clone(),
+            policy: None,
         }
     }
 }
@@ -121,9 +125,33 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         d.message_id = message_id;
         return d;
     }
-    let Some(found) = lookup::find_key(config, envelope, &headers) else {
-        if let Some(hit) = lookup::find_custom(config, envelope, &headers) {
-            return custom_decision(config, hit, &headers, message_id);
+    by_key(config, envelope, &headers, message_id)
+}
+
+/// The decision for one envelope recipient alone, before any header exists
+/// (SMTP `RCPT TO`): what [`decide`] answers for a message to `recipient`
+/// whose headers hold no key. `mailpipe policy` refuses at RCPT exactly the
+/// recipients this rejects, with the same 5.1.1 text `deliver` would bounce
+/// with, because both come from [`by_key`].
+pub fn for_recipient(config: &Config, recipient: &str) -> Decision {
+    let envelope = Envelope {
+        recipients: vec![recipient.to_string()],
+        ..Envelope::default()
+    };
+    by_key(config, &envelope, &HeaderSection::default(), None)
+}
+
+/// The key, its handler and the line the stored copy needs: the part of the
+/// decision after the auto-reply check.
+fn by_key(
+    config: &Config,
+    envelope: &Envelope,
+    headers: &HeaderSection,
+    message_id: Option<String>,
+) -> Decision {
+    let Some(found) = lookup::find_key(config, envelope, headers) else {
+        if let Some(hit) = lookup::find_custom(config, envelope, headers) {
+            return custom_decision(config, hit, headers, message_id);
         }
         let mut d = Decision::refuse(Status::Rejected(
             Rejection::UnknownKey,
@@ -167,7 +195,7 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
     };
     // What the oldest and the newest supported GitLab will read from the
     // stored copy; the same key from both, or we must help.
-    let views = GitlabVersion::ALL.map(|v| lookup::gitlab_key_as(v, &headers, &setup));
+    let views = GitlabVersion::ALL.map(|v| lookup::gitlab_key_as(v, headers, &setup));
     let agrees =
         |view: &Option<(String, &str)>| view.as_ref().is_some_and(|(k, _)| k == found.key.as_str());
     if views.iter().all(agrees) {
@@ -189,7 +217,7 @@ pub fn decide(config: &Config, envelope: &Envelope, head: &[u8], complete: bool)
         // GitLab would answer the sender with a rejection; say why now.
         decision.status = Status::Rejected(
             Rejection::UnknownKey,
-            dedicated_reason(config, &route.template, &found, &headers),
+            dedicated_reason(config, &route.template, &found, headers),
         );
     } else {
         decision.gitlab_sees_other_key = true;

@@ -313,11 +313,35 @@ pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
         },
     };
     let decision = decision.unwrap_or_else(|| Decision::refuse(status.clone()));
-    let json = serde_json::to_string(&decision.explain(&status));
+    let mut explanation = decision.explain(&status);
+    explanation.policy = policy_answer(args, &envelope);
+    let json = serde_json::to_string(&explanation);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json.unwrap_or_else(|_| "{}".into()));
     let _ = out.flush();
     AdminOutcome::Ok
+}
+
+/// What the policy service would answer at RCPT TO for this envelope's
+/// recipient: the same function it runs, without spending a rate token.
+/// `None` without a recipient or a usable config (the policy then says
+/// DUNNO, but there is nothing to show).
+fn policy_answer(args: &EnvelopeArgs, envelope: &Envelope) -> Option<String> {
+    let config = Config::load(&args.config).ok()?;
+    let recipient = envelope
+        .original_recipients
+        .first()
+        .or(envelope.recipients.first())?;
+    let sender = envelope.sender.as_deref().unwrap_or("");
+    let answer = crate::policy::answer::for_recipient(
+        &config,
+        sender,
+        recipient,
+        None,
+        None,
+        Instant::now(),
+    );
+    Some(answer.action)
 }
 
 /// What storing would say, without writing: the size limit (counting the

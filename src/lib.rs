@@ -7,7 +7,8 @@
 //! Layout, top to bottom (dependencies point downward):
 //! - `main.rs`: panic hook, parse, run, exit code;
 //! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
-//!   [`drain`] (drain, queue, requeue);
+//!   [`drain`] (drain, queue, requeue), [`policy`] (the Postfix policy
+//!   service that refuses at RCPT TO what deliver would bounce);
 //! - I/O: [`config`], [`spool`], [`log`], [`postfix`];
 //! - pure: [`decide`], [`lookup`], [`headers`], [`address`], [`kind`],
 //!   [`status`].
@@ -30,6 +31,7 @@ pub mod kind;
 pub mod layout;
 pub mod log;
 pub mod lookup;
+pub mod policy;
 pub mod postfix;
 pub mod privilege;
 pub mod probe;

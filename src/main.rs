@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, AdminOutcome, Deferral, Status};
-use mailpipe::{check, deliver, drain, spool};
+use mailpipe::{check, deliver, drain, policy, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         }),
         Command::Queue(args) => admin(|| drain::queue::command(&args)),
         Command::Requeue(args) => admin(|| drain::queue::requeue_command(&args)),
+        Command::Policy(args) => admin(|| run_policy(&args)),
     }
 }
 
@@ -61,6 +62,24 @@ fn admin(run: impl FnOnce() -> AdminOutcome) -> ExitCode {
     let outcome = run();
     status::report_admin(&outcome);
     ExitCode::from(outcome.exit_code())
+}
+
+/// `mailpipe policy`: parse --listen, then serve until killed.
+fn run_policy(args: &cli::PolicyArgs) -> AdminOutcome {
+    let listen = match args.listen.as_deref().map(policy::Listen::parse) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => return AdminOutcome::Usage(format!("mailpipe policy: --listen={e}")),
+    };
+    let served = policy::command(&policy::Options {
+        config: args.config.clone(),
+        listen,
+    });
+    if served {
+        AdminOutcome::Ok
+    } else {
+        AdminOutcome::Failed
+    }
 }
 
 /// In a statically linked build, keeps glibc from loading NSS modules

@@ -107,3 +107,8 @@ fn real_corpus_through_both_targets() {
     assert!(n > 0, "the real corpus holds no .eml file");
     eprintln!("{n} real messages checked");
 }
+
+#[test]
+fn policy_request_regressions() {
+    replay("policy_request", checks::check_policy_request);
+}

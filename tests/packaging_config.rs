@@ -23,7 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mailpipe::config::{Config, DrainConfig, Limits, Route};
+use mailpipe::config::{Config, DrainConfig, Limits, PolicyConfig, Route};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -91,6 +91,11 @@ fn example_config_shows_real_defaults() {
         format!("{:?}", DrainConfig::default()),
         "a [drain] value in {EXAMPLE} is not the default"
     );
+    assert_eq!(
+        format!("{:?}", config.policy),
+        format!("{:?}", PolicyConfig::default()),
+        "a [policy] value in {EXAMPLE} is not the default"
+    );
     assert!(config.routes.iter().all(|r| r.secret_file.is_some()));
     assert_eq!(
         config.gitlab_url.as_deref(),
@@ -101,7 +106,12 @@ fn example_config_shows_real_defaults() {
 #[test]
 fn example_config_shows_every_limit_and_drain_setting() {
     let text = read(EXAMPLE);
-    let debug = format!("{:?} {:?}", Limits::default(), DrainConfig::default());
+    let debug = format!(
+        "{:?} {:?} {:?}",
+        Limits::default(),
+        DrainConfig::default(),
+        PolicyConfig::default()
+    );
     let names = field_names(&debug);
     assert!(names.len() > 5, "{debug}");
     for name in names {

@@ -414,3 +414,58 @@ fn hostile_sizes_decide_quickly() {
     }
     eprintln!("slowest hostile decision: {:?} ({})", slowest.0, slowest.1);
 }
+
+/// The policy and deliver cannot disagree: for any recipient, the RCPT
+/// answer of `mailpipe policy` is a 550 exactly when `decide` rejects a
+/// message to it whose headers carry no key, and its text is deliver's
+/// report line; an accepted recipient is never refused (no SIZE=, no rate
+/// limit).
+#[test]
+fn policy_refuses_exactly_what_deliver_bounces_for_the_envelope() {
+    use mailpipe::policy::answer;
+    let now = Instant::now();
+    let (mut refused, mut passed) = (0, 0);
+    for_cases(cases(4000), 0x9011c4, |rng| {
+        let e = envelope(rng);
+        let Some(recipient) = e.recipients.first().cloned() else {
+            return Vec::new();
+        };
+        let recipient = recipient.trim_matches(['<', '>']).to_string();
+        for config in configs() {
+            let a = answer::for_recipient(config, "s@x", &recipient, None, None, now);
+            let envelope = Envelope {
+                recipients: vec![recipient.clone()],
+                ..Envelope::default()
+            };
+            let d = decide(config, &envelope, b"Subject: no key here\n\nbody\n", true);
+            let dedicated = config
+                .routes
+                .iter()
+                .any(|r| r.template.is_fixed_address(&recipient));
+            let in_domain = config.routes.iter().any(|r| {
+                recipient
+                    .rsplit_once('@')
+                    .is_some_and(|(_, dom)| dom.eq_ignore_ascii_case(r.template.domain()))
+            });
+            match &d.status {
+                Status::Rejected(..) if in_domain && !dedicated => {
+                    refused += 1;
+                    assert_eq!(
+                        a.action,
+                        format!("550 {}", d.status.report_line().unwrap()),
+                        "{recipient:?}"
+                    )
+                }
+                _ => {
+                    passed += 1;
+                    assert_eq!(a.action, answer::DUNNO, "{recipient:?}: {:?}", d.status)
+                }
+            }
+        }
+        recipient.into_bytes()
+    });
+    assert!(
+        refused > 100 && passed > 100,
+        "{refused} refused, {passed} passed"
+    );
+}

@@ -31,6 +31,9 @@ _mailpipe() {
             mailpipe,help)
                 cmd="mailpipe__subcmd__help"
                 ;;
+            mailpipe,policy)
+                cmd="mailpipe__subcmd__policy"
+                ;;
             mailpipe,queue)
                 cmd="mailpipe__subcmd__queue"
                 ;;
@@ -52,6 +55,9 @@ _mailpipe() {
             mailpipe__subcmd__help,help)
                 cmd="mailpipe__subcmd__help__subcmd__help"
                 ;;
+            mailpipe__subcmd__help,policy)
+                cmd="mailpipe__subcmd__help__subcmd__policy"
+                ;;
             mailpipe__subcmd__help,queue)
                 cmd="mailpipe__subcmd__help__subcmd__queue"
                 ;;
@@ -65,7 +71,7 @@ _mailpipe() {
 
     case "${cmd}" in
         mailpipe)
-            opts="-h -V --help --version deliver explain check drain queue requeue help"
+            opts="-h -V --help --version deliver explain check drain queue requeue policy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -195,7 +201,7 @@ _mailpipe() {
             return 0
             ;;
         mailpipe__subcmd__help)
-            opts="deliver explain check drain queue requeue help"
+            opts="deliver explain check drain queue requeue policy help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -278,6 +284,20 @@ _mailpipe() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mailpipe__subcmd__help__subcmd__policy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mailpipe__subcmd__help__subcmd__queue)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -299,6 +319,28 @@ _mailpipe() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailpipe__subcmd__policy)
+            opts="-h --config --listen --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

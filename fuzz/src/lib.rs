@@ -400,3 +400,102 @@ fn check_section(section: &HeaderSection, data: &[u8]) {
     }
     assert!(total <= data.len(), "fields hold more than the input");
 }
+
+// ----- policy_request --------------------------------------------------------
+
+/// Property of the `policy_request` target: bytes from a Postfix policy
+/// client (first byte: where to split the stream in two reads, and which
+/// configuration), through the server's own parser, answer and reply
+/// writer. Every empty line (a request's end) gets exactly one reply, each
+/// reply is one `action=` line of printable ASCII followed by an empty
+/// line, the action is one of the four the policy may give, and a 550 is
+/// given only for a recipient `decide::for_recipient` rejects.
+pub fn check_policy_request(data: &[u8]) {
+    use mailpipe::policy::answer;
+    use mailpipe::policy::protocol::{self, Parser};
+    use mailpipe::policy::ratelimit::Limiter;
+    use std::time::Instant;
+
+    let Some((&flags, stream)) = data.split_first() else {
+        return;
+    };
+    let config = &configs()[usize::from(flags % 3)];
+    let split = if stream.is_empty() {
+        0
+    } else {
+        usize::from(flags) * 257 % (stream.len() + 1)
+    };
+    let limiter = Limiter::new();
+    let now = Instant::now();
+    let mut parser = Parser::new();
+    let mut out = Vec::new();
+    let mut answers = Vec::new();
+    for part in [&stream[..split], &stream[split..]] {
+        parser.feed(part, |request| {
+            let a = answer::for_request(config, &request, Some(&limiter), now);
+            if a.action.starts_with("550 ") {
+                let r = request
+                    .recipient
+                    .as_deref()
+                    .expect("550 without a recipient");
+                let d = decide::for_recipient(config, r);
+                assert!(
+                    matches!(d.status, Status::Rejected(..)),
+                    "550 for {r:?}, which decide accepts"
+                );
+            }
+            protocol::reply(&a.action, &mut out);
+            answers.push(a.action);
+        });
+    }
+    // The reference count of request ends: complete lines that are empty
+    // once one trailing CR is dropped.
+    let complete = match stream.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &stream[..=i],
+        None => &stream[..0],
+    };
+    let ends = complete
+        .split(|&b| b == b'\n')
+        .rev()
+        .skip(1) // the empty piece after the last LF
+        .filter(|l| l.is_empty() || *l == b"\r")
+        .count();
+    assert_eq!(answers.len(), ends, "one answer per request");
+    // The reply bytes are exactly the answers, each `action=X\n\n`.
+    let mut rest = out.as_slice();
+    for a in &answers {
+        let line = rest
+            .strip_prefix(b"action=")
+            .expect("reply starts with action=");
+        let end = line
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("reply line ends");
+        let text = &line[..end];
+        assert!(
+            text.iter().all(|&b| b == b' ' || b.is_ascii_graphic()),
+            "unprintable reply {text:?}"
+        );
+        assert!(text.len() <= protocol::MAX_ACTION);
+        assert_eq!(
+            &line[end..end + 2],
+            b"\n\n",
+            "reply ends with an empty line"
+        );
+        let text = std::str::from_utf8(text).expect("ASCII");
+        assert!(
+            text == answer::DUNNO
+                || ["550 5.1.1 ", "552 5.3.4 ", "450 4.7.1 "]
+                    .iter()
+                    .any(|p| text.starts_with(p)),
+            "unexpected action {text:?}"
+        );
+        assert_eq!(text, crate_printable(a), "reply is the answer");
+        rest = &line[end + 2..];
+    }
+    assert!(rest.is_empty(), "bytes after the last reply");
+}
+
+fn crate_printable(a: &str) -> String {
+    mailpipe::status::printable(a, mailpipe::policy::protocol::MAX_ACTION)
+}

@@ -4,6 +4,7 @@ if [ -d /run/systemd/system ]; then
     # Upgrade: restart the drain if it runs (%systemd_postun_with_restart).
     if [ "$1" -ge 1 ]; then
         systemctl try-restart mailpipe-drain.service >/dev/null 2>&1 || :
+        systemctl try-restart mailpipe-policy.service >/dev/null 2>&1 || :
     fi
 fi
 # Erase: rpm has removed the package's files and kept

@@ -107,6 +107,8 @@ pub struct Instance {
     pub bounces: PathBuf,
     pub config_file: PathBuf,
     pub hostname: String,
+    /// main.cf also has the shipped main.policy.cf (check_policy_service).
+    pub policy: bool,
     running: bool,
 }
 
@@ -244,6 +246,13 @@ pub fn require_environment() {
 impl Instance {
     /// Build and start a private Postfix from the shipped files.
     pub fn start(variant: Variant) -> Instance {
+        Instance::start_opts(variant, false)
+    }
+
+    /// As [`Instance::start`], with the shipped `main.policy.cf` added to
+    /// main.cf when `policy` is set (the policy service itself is the
+    /// test's to start, on [`Instance::policy_socket`]).
+    pub fn start_opts(variant: Variant, policy: bool) -> Instance {
         require_environment();
         CLEAN_STALE.call_once(clean_stale);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -269,6 +278,7 @@ impl Instance {
                 port,
                 variant,
                 hostname: hostname.clone(),
+                policy,
                 running: false,
             };
             inst.build();
@@ -407,7 +417,7 @@ impl Instance {
             d = d.display(),
             host = self.hostname,
         );
-        let snippet = if self.variant.is_local() {
+        let mut snippet = if self.variant.is_local() {
             self.substitute(&shipped("local/main.cf"))
         } else {
             // The admin picks the recipients file for the address form (main.cf
@@ -420,6 +430,9 @@ impl Instance {
             self.substitute(&shipped("main.cf"))
                 .replace("recipients.subaddress.regexp", recipients)
         };
+        if self.policy {
+            snippet.push_str(&self.substitute(&shipped("main.policy.cf")));
+        }
         // Settings the shipped snippet makes win over the instance's own.
         let shipped_keys: Vec<&str> = snippet
             .lines()
@@ -539,6 +552,12 @@ impl Instance {
             self.port,
             self.log()
         ))
+    }
+
+    /// Where `check_policy_service unix:private/mailpipe-policy` points:
+    /// private/ under this instance's queue_directory.
+    pub fn policy_socket(&self) -> PathBuf {
+        self.dir.join("queue/private/mailpipe-policy")
     }
 
     pub fn stop(&mut self) {
