@@ -621,7 +621,7 @@ fn check_delimiter(config: &Config, postfix: &Postfix, report: &mut Report) {
     let delimiters = postfix.param("recipient_delimiter").unwrap_or_default();
     for r in &config.routes {
         let local = r.template.address.split('@').next().unwrap_or("");
-        let Some((prefix, _)) = local.split_once(crate::address::PLACEHOLDER) else {
+        let Some((prefix, _)) = local.split_once(crate::gitlab::address::PLACEHOLDER) else {
             continue;
         };
         let Some(own) = prefix.chars().last() else {

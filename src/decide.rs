@@ -8,11 +8,11 @@
 
 use serde::Serialize;
 
-use crate::address::Key;
+use crate::gitlab::address::Key;
 use crate::config::{Config, Route};
 use crate::headers::HeaderSection;
-use crate::kind::{self, Kind};
-use crate::lookup::{self, Envelope, GitlabSetup, GitlabVersion};
+use crate::gitlab::kind::{self, Kind};
+use crate::gitlab::lookup::{self, Envelope, GitlabSetup, GitlabVersion};
 use crate::status::{Deferral, Rejection, Status};
 
 /// What to do with the message, before the spool has its say.
@@ -266,7 +266,7 @@ fn expected_addresses(config: &Config) -> String {
             let shown = r
                 .template
                 .address
-                .replacen(crate::address::PLACEHOLDER, "<key>", 1);
+                .replacen(crate::gitlab::address::PLACEHOLDER, "<key>", 1);
             let what = match (r.route, r.template.has_key()) {
                 (Route::IncomingEmail, true) => "replies and new issues",
                 (Route::IncomingEmail, false) => "replies",
@@ -329,7 +329,7 @@ fn no_handler_reason(config: &Config, found: &lookup::Found, envelope: &Envelope
 /// Why GitLab would not find the key of a reply to a dedicated address.
 fn dedicated_reason(
     config: &Config,
-    template: &crate::address::Template,
+    template: &crate::gitlab::address::Template,
     found: &lookup::Found,
     headers: &HeaderSection,
 ) -> String {

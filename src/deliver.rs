@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::decide::{self, Decision};
 use crate::headers;
 use crate::log;
-use crate::lookup::Envelope;
+use crate::gitlab::lookup::Envelope;
 use crate::spool::{self, Maildir, SpoolError};
 use crate::status::{self, AdminOutcome, Deferral, Rejection, Status, write_raw};
 

@@ -9,8 +9,10 @@
 //! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
 //!   [`drain`] (drain, queue, requeue), [`policy`] (the Postfix policy
 //!   service that refuses at RCPT TO what deliver would bounce);
-//! - I/O: [`config`], [`spool`], [`log`], [`postfix`];
-//! - pure: [`decide`], [`lookup`], [`headers`], [`address`], [`kind`],
+//! - I/O: [`config`], [`spool`] and [`layout`] (the spool's layout and its
+//!   trust boundary), [`privilege`], [`log`], [`postfix`];
+//! - pure: [`decide`], [`gitlab`] (GitLab's key rules: templates and keys,
+//!   handler kinds, lookup order and the receiver simulation), [`headers`],
 //!   [`status`].
 //!
 //! Trust split: `deliver` reads hostile mail and holds no secret; the drain
@@ -19,18 +21,16 @@
 //! Exit codes (see [`status`]): 0 spooled or auto-reply dropped; 67 no valid
 //! key (5.1.1); 65 too large (5.3.4) or empty (5.6.0); 75 everything else.
 
-pub mod address;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod deliver;
 pub mod drain;
+pub mod gitlab;
 pub mod headers;
-pub mod kind;
 pub mod layout;
 pub mod log;
-pub mod lookup;
 pub mod policy;
 pub mod postfix;
 pub mod privilege;

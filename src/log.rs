@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::decide::Decision;
-use crate::lookup::Envelope;
+use crate::gitlab::lookup::Envelope;
 use crate::status::{Status, printable};
 
 /// Everything the line reports.
@@ -158,7 +158,7 @@ impl Masks {
                     let Some((prefix, suffix)) = route
                         .template
                         .address
-                        .split_once(crate::address::PLACEHOLDER)
+                        .split_once(crate::gitlab::address::PLACEHOLDER)
                     else {
                         continue;
                     };
@@ -177,13 +177,13 @@ impl Masks {
                 }
             }
         }
-        raw.retain(|k| !k.is_empty() && k != crate::address::PLACEHOLDER);
+        raw.retain(|k| !k.is_empty() && k != crate::gitlab::address::PLACEHOLDER);
         raw.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         raw.dedup();
         let secrets = raw
             .into_iter()
             .map(|k| {
-                let mask = crate::address::Key::new(&k).map_or_else(
+                let mask = crate::gitlab::address::Key::new(&k).map_or_else(
                     || "[invalid]".to_string(),
                     |k| format!("[fp:{}]", k.fingerprint()),
                 );
@@ -472,7 +472,7 @@ mod tests {
 
     #[test]
     fn the_key_is_masked_however_the_recipient_is_written() {
-        let fp = crate::address::Key::new(KEY).unwrap().fingerprint();
+        let fp = crate::gitlab::address::Key::new(KEY).unwrap().fingerprint();
         for recipient in [
             format!("<incoming+{KEY}@in.example.com>"),
             format!("incoming+{KEY}@in.example.com "),

@@ -37,7 +37,7 @@ pub fn send(config: &Config, postfix: &Postfix, report: &mut Report) {
     };
     let token = format!("{:016x}{:016x}", crate::random::u64(), crate::random::u64());
     // A 32-hex reply key: valid for mailpipe, never issued by GitLab.
-    let Some(key) = crate::address::Key::new(&token) else {
+    let Some(key) = crate::gitlab::address::Key::new(&token) else {
         return;
     };
     let recipient = route.template.render(&key);

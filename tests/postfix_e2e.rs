@@ -355,7 +355,7 @@ fn unknown_or_malformed_key_bounces_with_5_1_1() {
     // Accepted by Postfix, refused by mailpipe: a bounce with mailpipe's 5.1.1.
     // Keys that no GitLab handler, current or legacy, accepts. (mailpipe
     // takes any \w+ key, e.g. "foo", because GitLab 11-17 did: see
-    // src/kind.rs.)
+    // src/gitlab/kind.rs.)
     for local in [
         "incoming+not-a-key",
         "incoming+a.b",

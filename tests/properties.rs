@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use checks::{DecideInput, configs};
 use mailpipe::decide::decide;
-use mailpipe::lookup::Envelope;
+use mailpipe::gitlab::lookup::Envelope;
 use mailpipe::status::Status;
 
 struct Rng(u64);

@@ -231,7 +231,7 @@ mod tests {
             classify("i_42-k_59D8DF8370B7E95C5A49FBF86AEB2C93-t_1746000000123456"),
             None
         );
-        assert!(crate::address::Key::new(&unsub).is_some());
+        assert!(crate::gitlab::address::Key::new(&unsub).is_some());
     }
 
     /// `gems/gitlab-email_handler/lib/gitlab/email_handler/reply_key.rb`:

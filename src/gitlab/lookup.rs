@@ -11,7 +11,7 @@
 //! nested comments, `, a@x`), and a wrong address here routes mail to the
 //! wrong GitLab thread.
 
-use crate::address::{Key, Template};
+use crate::gitlab::address::{Key, Template};
 use crate::config::{Config, Route};
 use crate::headers::HeaderSection;
 
@@ -148,7 +148,7 @@ pub fn custom_reply_key(custom: &[String], addr: &str, exact: bool) -> Option<Ke
     }
     let (local, domain) = addr.rsplit_once('@')?;
     let (base, key) = local.split_once('+')?;
-    if !crate::kind::is_full_reply_key(key) {
+    if !crate::gitlab::kind::is_full_reply_key(key) {
         return None;
     }
     let bare = format!("{base}@{domain}");
