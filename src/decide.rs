@@ -8,11 +8,11 @@
 
 use serde::Serialize;
 
-use crate::gitlab::address::Key;
 use crate::config::{Config, Route};
-use crate::headers::HeaderSection;
+use crate::gitlab::address::Key;
 use crate::gitlab::kind::{self, Kind};
 use crate::gitlab::lookup::{self, Envelope, GitlabSetup, GitlabVersion};
+use crate::headers::HeaderSection;
 use crate::status::{Deferral, Rejection, Status};
 
 /// What to do with the message, before the spool has its say.
@@ -263,10 +263,10 @@ fn expected_addresses(config: &Config) -> String {
         .routes
         .iter()
         .map(|r| {
-            let shown = r
-                .template
-                .address
-                .replacen(crate::gitlab::address::PLACEHOLDER, "<key>", 1);
+            let shown =
+                r.template
+                    .address
+                    .replacen(crate::gitlab::address::PLACEHOLDER, "<key>", 1);
             let what = match (r.route, r.template.has_key()) {
                 (Route::IncomingEmail, true) => "replies and new issues",
                 (Route::IncomingEmail, false) => "replies",

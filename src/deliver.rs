@@ -14,9 +14,9 @@ use std::time::Instant;
 use crate::cli::EnvelopeArgs;
 use crate::config::Config;
 use crate::decide::{self, Decision};
+use crate::gitlab::lookup::Envelope;
 use crate::headers;
 use crate::log;
-use crate::gitlab::lookup::Envelope;
 use crate::spool::{self, Maildir, SpoolError};
 use crate::status::{self, AdminOutcome, Deferral, Rejection, Status, write_raw};
 

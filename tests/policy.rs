@@ -228,10 +228,12 @@ fn a_request_dribbled_byte_by_byte_is_cut_off() {
 fn refuses_to_listen_off_loopback_or_without_a_socket() {
     let dir = temp_dir("refuse");
     let config = format!("--config={}", dir.join("mailpipe.toml").display());
-    for args in [
-        vec!["policy", &config, "--listen=inet:0.0.0.0:10033"],
-        vec!["policy", &config, "--listen=unix:relative.sock"],
-        vec!["policy", &config],
+    // A --listen that is not allowed is a usage error (sysexits 64); no
+    // socket at all (neither --listen nor systemd's) a failure (1).
+    for (args, code) in [
+        (vec!["policy", &config, "--listen=inet:0.0.0.0:10033"], 64),
+        (vec!["policy", &config, "--listen=unix:relative.sock"], 64),
+        (vec!["policy", &config], 1),
     ] {
         let out = Command::new(BIN)
             .args(&args)
@@ -239,7 +241,7 @@ fn refuses_to_listen_off_loopback_or_without_a_socket() {
             .env_remove("LISTEN_PID")
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).starts_with("mailpipe policy: "),
             "{args:?}: {}",

@@ -14,12 +14,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use mailpipe::gitlab::address::{Key, MAX_KEY_LEN, Template};
 use mailpipe::config::Config;
 use mailpipe::decide::{self, Decision};
-use mailpipe::headers::{self, HeaderSection};
+use mailpipe::gitlab::address::{Key, MAX_KEY_LEN, Template};
 use mailpipe::gitlab::kind::{self, Kind};
 use mailpipe::gitlab::lookup::{self, Envelope};
+use mailpipe::headers::{self, HeaderSection};
 use mailpipe::status::Status;
 
 /// The configurations `decide` is fuzzed under: sub-addressing with both

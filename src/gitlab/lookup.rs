@@ -11,8 +11,8 @@
 //! nested comments, `, a@x`), and a wrong address here routes mail to the
 //! wrong GitLab thread.
 
-use crate::gitlab::address::{Key, Template};
 use crate::config::{Config, Route};
+use crate::gitlab::address::{Key, Template};
 use crate::headers::HeaderSection;
 
 /// Where a key was found; the names appear in `explain` and the log.
