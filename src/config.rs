@@ -126,6 +126,9 @@ pub struct DrainConfig {
     pub give_up_after_hours: u64,
     /// Seconds between scans of the spool when idle (daemon mode).
     pub poll_interval_secs: u64,
+    /// GitLab-level failures in a row, with no success in between, that
+    /// hold a whole route (one failure only defers its own message).
+    pub hold_after_failures: u32,
     /// Move delivered messages to `cur/` instead of deleting them (like
     /// mail_room's `delete_after_delivery: false`).
     pub keep_delivered: bool,
@@ -141,6 +144,7 @@ impl Default for DrainConfig {
             retry_max_secs: 3600,
             give_up_after_hours: 120,
             poll_interval_secs: 2,
+            hold_after_failures: 8,
             keep_delivered: false,
         }
     }
@@ -319,6 +323,14 @@ impl Config {
                 Some("drain.concurrency"),
                 format!("{} is out of range", raw.drain.concurrency),
                 "use 1 to 256",
+            ));
+        }
+        if raw.drain.hold_after_failures == 0 || raw.drain.hold_after_failures > 1000 {
+            problems.push(err(
+                None,
+                Some("drain.hold_after_failures"),
+                format!("{} is out of range", raw.drain.hold_after_failures),
+                "use 1 to 1000",
             ));
         }
         if !problems.is_empty() {
