@@ -13,7 +13,8 @@
 # Usage: bench/drain-breaker.sh [SCHEDULES...]
 #   a schedule is INITIAL:MAX retry seconds; default "30:3600 1:8" (the
 #   defaults, then short delays). MAILPIPE_BENCH_MESSAGES,
-#   MAILPIPE_BENCH_CONCURRENCY, MAILPIPE_BENCH_TIMEOUT (request timeout,
+#   MAILPIPE_BENCH_CONCURRENCY, MAILPIPE_BENCH_LATENCY_MS (the stand-in takes
+#   50 ms to accept, as GitLab does its own work), MAILPIPE_BENCH_TIMEOUT (request timeout,
 #   default 5 s), MAILPIPE_BENCH_CAP and MAILPIPE_BENCH_OUTAGE override.
 # The code behind it: bench_drain_breaker in tests/drain_breaker.rs.
 set -eu

@@ -394,13 +394,11 @@ fn drain_settings(concurrency: u64, initial: u64, max: u64, timeout: u64) -> Str
 
 fn flaky_run(label: &str, failing: f64, count: usize, settings: &str, cap: Duration) -> Run {
     let timeout = env_u64("MAILPIPE_BENCH_TIMEOUT", 5);
-    let mode = if failing == 0.0 {
-        Mode::Accept
-    } else {
-        Mode::Flaky {
-            failing,
-            hang: SECS(timeout * 2),
-        }
+    let latency = MS(env_u64("MAILPIPE_BENCH_LATENCY_MS", 50));
+    let mode = Mode::Flaky {
+        failing,
+        hang: SECS(timeout * 2),
+        latency,
     };
     let gitlab = GitLab::start(&both_secrets(), mode);
     let f = Fixture::new("bench-breaker", &gitlab.url(), settings);
@@ -426,7 +424,8 @@ fn flaky_run(label: &str, failing: f64, count: usize, settings: &str, cap: Durat
 /// 20 s; prints one table with ratios against the healthy run.
 /// `MAILPIPE_BENCH_INITIAL`, `MAILPIPE_BENCH_MAX` (retry delays),
 /// `MAILPIPE_BENCH_MESSAGES`, `MAILPIPE_BENCH_CONCURRENCY`,
-/// `MAILPIPE_BENCH_TIMEOUT` (request timeout) and `MAILPIPE_BENCH_CAP`
+/// `MAILPIPE_BENCH_TIMEOUT` (request timeout), `MAILPIPE_BENCH_LATENCY_MS`
+/// (how long the stand-in takes to accept, default 50) and `MAILPIPE_BENCH_CAP`
 /// (seconds a run may take) override.
 #[test]
 #[ignore = "benchmark; run bench/drain-breaker.sh"]
@@ -453,7 +452,8 @@ fn bench_drain_breaker() {
     let start = Instant::now();
     let mut drain = f.spawn_drain(&[]);
     std::thread::sleep(outage);
-    gitlab.set_mode(Mode::Accept);
+    let latency = MS(env_u64("MAILPIPE_BENCH_LATENCY_MS", 50));
+    gitlab.set_mode(Mode::Slow(latency));
     let up = Instant::now();
     let during = gitlab.post_count();
     let log = drain.log();
@@ -465,6 +465,11 @@ fn bench_drain_breaker() {
     drain.signal(libc::SIGTERM);
     let _ = drain.wait(SECS(timeout + 30));
     let after = time_to(&gitlab, up, count, 1.0);
+    let first_after = gitlab
+        .posts()
+        .iter()
+        .find(|p| p.status == 200)
+        .map(|p| p.at.saturating_duration_since(up));
     let outage_dups = duplicates(&gitlab);
     // The probes the schedule allows in the outage: one per delay, the
     // shortest delays (half the schedule, jitter 0) back to back.
@@ -490,7 +495,8 @@ fn bench_drain_breaker() {
     };
     println!(
         "breaker: {count} messages, concurrency {concurrency}, retry {initial}s..{max}s, \
-         request timeout {timeout}s, hold_after_failures default"
+         request timeout {timeout}s, GitLab answers in {}ms, hold_after_failures default",
+        env_u64("MAILPIPE_BENCH_LATENCY_MS", 50)
     );
     println!(
         "| run | time to 95 % (s) | vs healthy | time to 100 % (s) | vs healthy | requests | duplicates |"
@@ -520,8 +526,13 @@ fn bench_drain_breaker() {
         if held_at.is_some() { "yes" } else { "no" }
     );
     println!(
-        "| all {count} in, after GitLab is back (s) | {} (retry_max_secs {max}) |",
-        secs(after)
+        "| first message in, after GitLab is back (s) | {} (retry_max_secs {max}) |",
+        secs(first_after)
+    );
+    println!(
+        "| all {count} in, after GitLab is back (s) | {} (healthy run: {}) |",
+        secs(after),
+        secs(runs[0].t100)
     );
     println!("| duplicates | {outage_dups} |");
 }

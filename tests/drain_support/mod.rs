@@ -59,7 +59,12 @@ pub enum Mode {
     /// random, the rest accepted. A failure is a 500, 502 or 503 (55 %),
     /// a 429 without Retry-After (15 %), a dropped connection (15 %), or a
     /// hang of `hang` (15 %; longer than the drain's request timeout).
-    Flaky { failing: f64, hang: Duration },
+    /// An accepted request takes `latency` (GitLab's own work).
+    Flaky {
+        failing: f64,
+        hang: Duration,
+        latency: Duration,
+    },
     /// Request number `i` (from 0, good tokens only) is answered as
     /// `modes[i]`; the last one answers the rest.
     Then(Vec<Mode>),
@@ -337,9 +342,14 @@ fn handle(
         let i = shared.served.fetch_add(1, Ordering::SeqCst);
         mode = modes[i.min(modes.len() - 1)].clone();
     }
-    if let Mode::Flaky { failing, hang } = mode {
+    if let Mode::Flaky {
+        failing,
+        hang,
+        latency,
+    } = mode
+    {
         mode = if random_unit() >= failing {
-            Mode::Accept
+            Mode::Slow(latency)
         } else {
             match random_unit() {
                 x if x < 0.25 => Mode::Status(503),
