@@ -4,7 +4,7 @@
 //! first success, `Retry-After` is honoured and capped, a hang never
 //! stalls the other messages, `queue` shows the hold, and `--once` exits 1
 //! while anything is left deferred. Also the benchmark behind
-//! `bench/drain-breaker.sh` (ignored: it prints a table, asserts nothing
+//! `bench/breaker.sh` (ignored: it prints a table, asserts nothing
 //! about time).
 
 mod drain_support;
@@ -350,7 +350,7 @@ fn a_400_is_still_final_and_no_failure_of_gitlab() {
 }
 
 // ---------------------------------------------------------------------
-// The benchmark (bench/drain-breaker.sh).
+// The benchmark (bench/breaker.sh).
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -419,7 +419,7 @@ fn flaky_run(label: &str, failing: f64, count: usize, settings: &str, cap: Durat
     }
 }
 
-/// `bench/drain-breaker.sh`: 1,000 messages through a daemon drain to a
+/// `bench/breaker.sh`: 1,000 messages through a daemon drain to a
 /// stand-in that is healthy, fails 5 % or 20 % at random, or is down for
 /// 20 s; prints one table with ratios against the healthy run.
 /// `MAILPIPE_BENCH_INITIAL`, `MAILPIPE_BENCH_MAX` (retry delays),
@@ -428,7 +428,7 @@ fn flaky_run(label: &str, failing: f64, count: usize, settings: &str, cap: Durat
 /// (how long the stand-in takes to accept, default 50) and `MAILPIPE_BENCH_CAP`
 /// (seconds a run may take) override.
 #[test]
-#[ignore = "benchmark; run bench/drain-breaker.sh"]
+#[ignore = "benchmark; run bench/breaker.sh"]
 fn bench_drain_breaker() {
     let count = env_u64("MAILPIPE_BENCH_MESSAGES", 1000) as usize;
     let concurrency = env_u64("MAILPIPE_BENCH_CONCURRENCY", 4);

@@ -10,7 +10,7 @@
 # invocation; requests and probes during the outage, the time to drain
 # after it, duplicates. Only 127.0.0.1 is contacted.
 #
-# Usage: bench/drain-breaker.sh [SCHEDULES...]
+# Usage: bench/breaker.sh [SCHEDULES...]
 #   a schedule is INITIAL:MAX retry seconds; default "30:3600 1:8" (the
 #   defaults, then short delays). MAILPIPE_BENCH_MESSAGES,
 #   MAILPIPE_BENCH_CONCURRENCY, MAILPIPE_BENCH_LATENCY_MS (the stand-in takes
@@ -27,7 +27,7 @@ for schedule in "$@"; do
     MAILPIPE_BENCH_INITIAL="$initial" MAILPIPE_BENCH_MAX="$max" \
         cargo test --release -q --test drain_breaker -- --ignored --nocapture --exact \
         bench_drain_breaker 2>&1 | grep -E '^(breaker:|\||$)' || {
-            echo "bench/drain-breaker.sh: the benchmark failed; run it without the filter:" >&2
+            echo "bench/breaker.sh: the benchmark failed; run it without the filter:" >&2
             echo "  MAILPIPE_BENCH_INITIAL=$initial MAILPIPE_BENCH_MAX=$max cargo test --release --test drain_breaker -- --ignored --nocapture bench_drain_breaker" >&2
             exit 1
         }
