@@ -118,7 +118,9 @@ pub struct DrainConfig {
     pub connect_timeout_secs: u64,
     /// Seconds for one whole POST.
     pub request_timeout_secs: u64,
-    /// First retry delay; doubles per attempt, with jitter.
+    /// First retry delay; doubles per attempt, with jitter. Short, since
+    /// the breaker, not this delay, keeps an outage from costing a request
+    /// per message.
     pub retry_initial_secs: u64,
     /// Cap on the retry delay.
     pub retry_max_secs: u64,
@@ -140,7 +142,7 @@ impl Default for DrainConfig {
             concurrency: 4,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
-            retry_initial_secs: 30,
+            retry_initial_secs: 5,
             retry_max_secs: 3600,
             give_up_after_hours: 120,
             poll_interval_secs: 2,

@@ -117,7 +117,11 @@ fn a_held_route_is_probed_once_per_delay_and_released_by_a_success() {
     // The delays are 0.5-1 s, then 1-2 s: at most a probe each, one at a
     // time, in 6 s.
     let probes = posts_after(&gitlab, held_at);
-    assert!((1..=7).contains(&probes), "{probes} probes:\n{}", drain.log());
+    assert!(
+        (1..=7).contains(&probes),
+        "{probes} probes:\n{}",
+        drain.log()
+    );
     let log = drain.log();
     assert!(log.contains("(probe): attempt="), "{log}");
     assert_eq!(log.matches("held until").count(), 1, "{log}");
@@ -212,12 +216,19 @@ fn a_hang_never_blocks_the_other_messages() {
     let posts = gitlab.posts();
     let first = posts[0].at;
     let last_ok = posts.iter().filter(|p| p.status == 200).map(|p| p.at).max();
-    assert_eq!(posts.iter().filter(|p| p.status == 200).count(), 19, "{log}");
+    assert_eq!(
+        posts.iter().filter(|p| p.status == 200).count(),
+        19,
+        "{log}"
+    );
     assert!(
         last_ok.unwrap() - first < SECS(5),
         "the others waited for the hung one:\n{log}"
     );
-    assert!(log.contains("timeout") || log.contains("timed out"), "{log}");
+    assert!(
+        log.contains("timeout") || log.contains("timed out"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -241,7 +252,10 @@ fn queue_shows_a_held_route_until_the_hold_ends() {
     let rest = &line["incoming_email: held until ".len()..];
     assert_eq!(&rest[2..3], ":", "{line}");
     assert_eq!(&rest[5..6], ":", "{line}");
-    assert!(rest[8..].starts_with(": ") && rest.contains("503"), "{line}");
+    assert!(
+        rest[8..].starts_with(": ") && rest.contains("503"),
+        "{line}"
+    );
     assert!(q.contains("(route held)"), "{q}");
     assert!(!q.contains("next=now"), "{q}");
     // The hold file is no message and no sidecar of one.
@@ -440,7 +454,11 @@ fn bench_drain_breaker() {
     let settings = drain_settings(concurrency, initial, max, timeout);
 
     let mut runs = Vec::new();
-    for (label, failing) in [("healthy", 0.0), ("5% failing", 0.05), ("20% failing", 0.20)] {
+    for (label, failing) in [
+        ("healthy", 0.0),
+        ("5% failing", 0.05),
+        ("20% failing", 0.20),
+    ] {
         runs.push(flaky_run(label, failing, count, &settings, cap));
     }
 
@@ -486,7 +504,12 @@ fn bench_drain_breaker() {
         step += 1;
     }
 
-    let secs = |d: Option<Duration>| d.map_or_else(|| "> cap".to_string(), |d| format!("{:.2}", d.as_secs_f64()));
+    let secs = |d: Option<Duration>| {
+        d.map_or_else(
+            || "> cap".to_string(),
+            |d| format!("{:.2}", d.as_secs_f64()),
+        )
+    };
     let base = runs[0].t95.map(|d| d.as_secs_f64());
     let base100 = runs[0].t100.map(|d| d.as_secs_f64());
     let ratio = |d: Option<Duration>, b: Option<f64>| match (d, b) {
@@ -518,9 +541,7 @@ fn bench_drain_breaker() {
     println!("| outage of {}s (503) | value |", outage.as_secs());
     println!("| --- | ---: |");
     println!("| requests during the outage | {during} |");
-    println!(
-        "| of them probes of the held route | {probes} (the schedule allows {allowed}) |"
-    );
+    println!("| of them probes of the held route | {probes} (the schedule allows {allowed}) |");
     println!(
         "| route held | {} |",
         if held_at.is_some() { "yes" } else { "no" }

@@ -305,7 +305,8 @@ pub struct HoldRecord {
 impl HoldRecord {
     /// True while `until` is ahead and the drain that wrote it lives.
     pub fn in_force(&self, now: u64) -> bool {
-        if self.until <= now {
+        // pid 0 would ask about our own process group.
+        if self.until <= now || self.pid == 0 {
             return false;
         }
         let Ok(pid) = libc::pid_t::try_from(self.pid) else {

@@ -161,6 +161,8 @@ pub struct Summary {
     pub left_deferred: usize,
     /// `--once`: messages never tried because their route was held.
     pub left_held: usize,
+    /// The `left_*` counts were taken (a `--once` run).
+    pub left_counted: bool,
 }
 
 impl Summary {
@@ -179,16 +181,22 @@ impl fmt::Display for Summary {
         write!(
             f,
             "attempts: delivered={}, rejected={}, gave_up={}, deferred={}, misconfigured={}, \
-             errors={}; messages left: deferred={}, held={}",
+             errors={}",
             self.delivered,
             self.rejected,
             self.gave_up,
             self.deferred,
             self.misconfigured,
             self.errors,
-            self.left_deferred,
-            self.left_held
-        )
+        )?;
+        if self.left_counted {
+            write!(
+                f,
+                "; messages left: deferred={}, held={}",
+                self.left_deferred, self.left_held
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -318,7 +326,6 @@ pub fn run(
         }
         let mut dispatcher = Dispatcher::new(&ctx, options, poll, workers);
         dispatcher.run(&job_tx, &done_rx, &mut || spawn().is_ok());
-        drop(spawn);
         drop(done_tx);
         if stop.load(Ordering::SeqCst) {
             journal.info("stopping: letting the posts in flight finish");
@@ -644,9 +651,11 @@ struct Dispatcher<'c, 'a> {
     /// Routes whose hold file this drain wrote.
     hold_files: HashSet<Route>,
     latency: Latency,
-    /// Scan at once: a hold ended, or may have.
+    /// Scan at once: a hold was released.
     rescan: bool,
     last_scan: Option<Instant>,
+    /// `last_scan` on the breakers' clock.
+    last_scan_at: Duration,
     last_scan_found: bool,
     last_recover: Instant,
     summary: Summary,
@@ -670,6 +679,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             latency: Latency::new(ctx.request_timeout),
             rescan: false,
             last_scan: None,
+            last_scan_at: Duration::ZERO,
             last_scan_found: false,
             last_recover: Instant::now(),
             summary: Summary::default(),
@@ -796,12 +806,14 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         }
     }
 
-    /// True when a held route's wait is over (its probe is due).
+    /// True when a held route's wait ended since the last scan (its probe
+    /// is due, if a message is).
     fn hold_ended(&self) -> bool {
         let now = self.now();
-        self.breakers
-            .values()
-            .any(|b| b.held_until().is_some_and(|until| until <= now))
+        self.breakers.values().any(|b| {
+            b.held_until()
+                .is_some_and(|until| until > self.last_scan_at && until <= now)
+        })
     }
 
     /// Counts requests that take far longer than GitLab's answers do as
@@ -831,6 +843,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
     fn scan(&mut self) {
         let ctx = self.ctx;
         self.rescan = false;
+        self.last_scan_at = self.now();
         if self.last_recover.elapsed() >= RECOVER_EVERY {
             self.last_recover = Instant::now();
             for route in &ctx.routes {
@@ -982,7 +995,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
     fn report(&mut self, route: Route, event: &Event, misconfigured: bool) {
         let ctx = self.ctx;
         let now = self.now();
-        let wall = |until: Duration| unix_now() + until.saturating_sub(now).as_secs_f64().ceil() as u64;
+        let wall =
+            |until: Duration| unix_now() + until.saturating_sub(now).as_secs_f64().ceil() as u64;
         match event {
             Event::Held {
                 until,
@@ -1072,6 +1086,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
 
     /// `--once`: what is still queued because of a failure.
     fn count_left(&mut self) {
+        self.summary.left_counted = true;
         for r in &self.ctx.routes {
             let route = r.spool.route();
             let Ok(entries) = r.spool.list(Folder::New) else {

@@ -72,10 +72,7 @@ pub enum Mode {
 
 /// What the stand-in does after reading a request.
 enum Answer {
-    Reply {
-        body: String,
-        headers: String,
-    },
+    Reply { body: String, headers: String },
     Hang(Option<Duration>),
     Drop,
 }
