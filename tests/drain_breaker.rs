@@ -521,6 +521,7 @@ fn bench_drain_breaker() {
          request timeout {timeout}s, GitLab answers in {}ms, hold_after_failures default",
         env_u64("MAILPIPE_BENCH_LATENCY_MS", 50)
     );
+    println!();
     println!(
         "| run | time to 95 % (s) | vs healthy | time to 100 % (s) | vs healthy | requests | duplicates |"
     );
