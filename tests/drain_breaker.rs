@@ -256,8 +256,10 @@ fn queue_shows_a_held_route_until_the_hold_ends() {
         rest[8..].starts_with(": ") && rest.contains("503"),
         "{line}"
     );
-    assert!(q.contains("(route held)"), "{q}");
+    // Each deferred message waits for the later of its own next attempt
+    // and the hold (marked "(route held)" when the hold is later).
     assert!(!q.contains("next=now"), "{q}");
+    assert_eq!(q.matches("  next=in ").count(), 2, "{q}");
     // The hold file is no message and no sidecar of one.
     assert!(q.contains("deferred (2):"), "{q}");
 
