@@ -132,7 +132,9 @@ pub struct DrainConfig {
     pub connect_timeout_secs: u64,
     /// Seconds for one whole POST.
     pub request_timeout_secs: u64,
-    /// First retry delay; doubles per attempt, with jitter.
+    /// First retry delay; doubles per attempt, with jitter. Short, since
+    /// the breaker, not this delay, keeps an outage from costing a request
+    /// per message.
     pub retry_initial_secs: u64,
     /// Cap on the retry delay.
     pub retry_max_secs: u64,
@@ -140,6 +142,9 @@ pub struct DrainConfig {
     pub give_up_after_hours: u64,
     /// Seconds between scans of the spool when idle (daemon mode).
     pub poll_interval_secs: u64,
+    /// GitLab-level failures in a row, with no success in between, that
+    /// hold a whole route (one failure only defers its own message).
+    pub hold_after_failures: u32,
     /// Move delivered messages to `cur/` instead of deleting them (like
     /// mail_room's `delete_after_delivery: false`).
     pub keep_delivered: bool,
@@ -151,10 +156,11 @@ impl Default for DrainConfig {
             concurrency: 4,
             connect_timeout_secs: 10,
             request_timeout_secs: 60,
-            retry_initial_secs: 30,
+            retry_initial_secs: 5,
             retry_max_secs: 3600,
             give_up_after_hours: 120,
             poll_interval_secs: 2,
+            hold_after_failures: 8,
             keep_delivered: false,
         }
     }
@@ -423,6 +429,14 @@ impl Config {
                 "sender_key_burst, key_burst, max_tracked and idle_timeout_secs must be positive"
                     .into(),
                 "remove the [policy] table to use the defaults",
+            ));
+        }
+        if raw.drain.hold_after_failures == 0 || raw.drain.hold_after_failures > 1000 {
+            problems.push(err(
+                None,
+                Some("drain.hold_after_failures"),
+                format!("{} is out of range", raw.drain.hold_after_failures),
+                "use 1 to 1000",
             ));
         }
         if !problems.is_empty() {

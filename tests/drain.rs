@@ -248,14 +248,18 @@ fn a_disabled_mailbox_is_a_401_too() {
 #[test]
 fn server_error_500_keeps_the_message_and_retries_later() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Status(500));
-    let f = Fixture::new("500", &gitlab.url(), "concurrency = 1");
+    let f = Fixture::new(
+        "500",
+        &gitlab.url(),
+        "concurrency = 1\nhold_after_failures = 2",
+    );
     let sent = f.add_many(INCOMING, 0, 3);
 
     let out = f.run(&["drain", "--once"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    // The route is held after the first failure: no request per message
-    // while GitLab is failing.
-    assert_eq!(gitlab.post_count(), 1, "{}", stderr(&out));
+    // Two failures in a row hold the route: no request per message while
+    // GitLab is failing.
+    assert_eq!(gitlab.post_count(), 2, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("outcome=deferred"),
         "{}",
@@ -268,18 +272,27 @@ fn server_error_500_keeps_the_message_and_retries_later() {
     assert_eq!(state["last_status"], 500);
     let next = state["next_attempt"].as_u64().unwrap();
     assert!(next > unix_now(), "backoff: {state}");
-    assert!(next <= unix_now() + 30, "retry_initial_secs is 30: {state}");
+    assert!(next <= unix_now() + 5, "retry_initial_secs is 5: {state}");
 
-    // Not due yet: a plain pass posts the others, not the deferred one.
+    // Not due yet: a plain pass posts the other, not the deferred ones,
+    // and exits 1 because two are still deferred.
     gitlab.set_mode(Mode::Accept);
     let out = f.run(&["drain", "--once"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("messages left: deferred=2, held=0"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(gitlab.post_count(), 3);
-    assert_eq!(f.names_in(INCOMING, "new"), vec![sent[0].0.clone()]);
+    assert_eq!(
+        f.names_in(INCOMING, "new"),
+        vec![sent[0].0.clone(), sent[1].0.clone()]
+    );
     let q = stdout(&f.run(&["queue"]));
-    assert!(q.contains("deferred (1):") && q.contains("500"), "{q}");
+    assert!(q.contains("deferred (2):") && q.contains("500"), "{q}");
 
-    // Later (or flushed), it goes through, once.
+    // Later (or flushed), they go through, once.
     let out = f.run(&["drain", "--once", "--flush"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_each_accepted_once(&gitlab, &sent);

@@ -20,6 +20,10 @@
 //! | 413 (a proxy's body size limit; nobody told the sender) | rejected, final |
 //! | 401, 403, 404, 3xx, or a 200 that is not GitLab's answer | misconfigured: keep, retry, loudly |
 //! | 408, 429, 5xx, any other status, connect/TLS/timeout errors | retry |
+//!
+//! A 429 or 503 may say when to come back (`Retry-After`, RFC 9110
+//! §10.2.3, seconds or an HTTP-date): [`Reply::retry_after`] reads it and
+//! the drain holds the route that long (capped by `retry_max_secs`).
 
 use std::io::Read;
 use std::time::Duration;
@@ -46,6 +50,8 @@ pub enum Reply {
         code: u16,
         body: String,
         complete: bool,
+        /// `Retry-After` of a 429 or 503, when it parsed.
+        retry_after: Option<Duration>,
     },
     /// No HTTP answer: refused, reset, DNS, TLS, timeout.
     Transport(String),
@@ -59,6 +65,70 @@ impl Reply {
             Reply::Transport(_) => None,
         }
     }
+
+    /// How long GitLab asked us to wait, on a 429 or 503 only.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Reply::Status {
+                code: 429 | 503,
+                retry_after,
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Parses a `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an
+/// IMF-fixdate (RFC 9110 §5.6.7) taken relative to `now` (seconds since
+/// the epoch). A date in the past is no wait; anything else is `None`.
+pub fn parse_retry_after(value: &str, now: u64) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only: a huge value saturates (the caller caps it anyway).
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = imf_fixdate(value)?;
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` to seconds since the epoch.
+fn imf_fixdate(text: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (_, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let number = |s: &str, len: usize| -> Option<u64> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (day, year) = (number(day, 2)?, number(year, 4)?);
+    let month = MONTHS.iter().position(|m| m == month)? as u64 + 1;
+    let hms: Vec<&str> = time.split(':').collect();
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    let (h, m, s) = (number(h, 2)?, number(m, 2)?, number(s, 2)?);
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm), 1970-01-01 = 0.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86400 + h * 3600 + m * 60 + s)
 }
 
 /// What the drain does with the message after a [`Reply`].
@@ -83,6 +153,7 @@ pub fn classify(reply: &Reply) -> Verdict {
             code,
             body,
             complete,
+            ..
         } => (*code, body, *complete),
     };
     let quoted = || gitlab_message(body);
@@ -207,6 +278,11 @@ impl Client {
             Err(e) => return Reply::Transport(e.to_string()),
         };
         let code = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, super::unix_now()));
         let mut bytes = Vec::new();
         let complete = response
             .body_mut()
@@ -218,6 +294,7 @@ impl Client {
             code,
             body: String::from_utf8_lossy(&bytes).into_owned(),
             complete,
+            retry_after,
         }
     }
 }
@@ -231,6 +308,7 @@ mod tests {
             code,
             body: body.into(),
             complete: true,
+            retry_after: None,
         }
     }
 
@@ -278,6 +356,7 @@ mod tests {
             code: 200,
             body: r#"{"succ"#.into(),
             complete: false,
+            retry_after: None,
         };
         assert_eq!(kind(&classify(&cut)), "retry");
     }
@@ -298,5 +377,47 @@ mod tests {
             panic!()
         };
         assert!(why.len() < 300, "{}", why.len());
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date_and_only_on_429_and_503() {
+        let now = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        let table = [
+            ("120", Some(120)),
+            (" 0 ", Some(0)),
+            ("99999999999999999999999", Some(u64::MAX)),
+            ("Sun, 06 Nov 1994 08:49:37 GMT", Some(0)),
+            ("Sun, 06 Nov 1994 08:50:07 GMT", Some(30)),
+            ("Sat, 05 Nov 1994 08:49:37 GMT", Some(0)),
+            ("Mon, 07 Nov 1994 08:49:37 GMT", Some(86400)),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(0)),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", None),
+            ("-5", None),
+            ("1.5", None),
+            ("", None),
+            ("Sun, 06 Nov 1994 25:49:37 GMT", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(
+                parse_retry_after(text, now),
+                want.map(Duration::from_secs),
+                "{text:?}"
+            );
+        }
+        assert_eq!(imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            imf_fixdate("Tue, 29 Feb 2028 12:00:00 GMT"),
+            Some(1_835_438_400)
+        );
+        let with = |code| Reply::Status {
+            code,
+            body: String::new(),
+            complete: true,
+            retry_after: Some(Duration::from_secs(9)),
+        };
+        assert_eq!(with(429).retry_after(), Some(Duration::from_secs(9)));
+        assert_eq!(with(503).retry_after(), Some(Duration::from_secs(9)));
+        assert_eq!(with(500).retry_after(), None);
+        assert_eq!(with(200).retry_after(), None);
     }
 }

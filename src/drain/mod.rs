@@ -26,10 +26,20 @@
 //!    back to `new/` with the attempt count, the error and the next attempt
 //!    time, or `failed/` once it has been failing for
 //!    `drain.give_up_after_hours`.
-//! 4. A failure that is about the route rather than the message (no
-//!    connection, 5xx, 401) also holds the whole route back for a backoff
-//!    delay, so a GitLab outage costs one probe per delay instead of one
-//!    request per queued message.
+//! 4. A failed message gets its own backoff; the route goes on. Only
+//!    `drain.hold_after_failures` GitLab-level failures in a row (no
+//!    connection, 5xx, 429, a hang) with no success in between, a 401-like
+//!    answer, or a `Retry-After` hold the whole route; then one probe per
+//!    delay, and the first success releases it (`breaker`, after Postfix
+//!    qmgr's dead-destination rule). So a GitLab that fails now and then
+//!    costs retries of those messages only, and an outage one probe per
+//!    delay instead of one request per queued message. A hold is logged
+//!    once when it starts and once when it ends, and written to
+//!    `state/.route-hold.json` for `mailpipe queue`.
+//! 5. A request that takes ten times as long as GitLab's answers usually
+//!    do is presumed hung: it counts as a failure and stops taking up a
+//!    worker slot (a spare thread takes its place), so hangs never stall
+//!    the other messages.
 //!
 //! SIGTERM and SIGINT stop the dispatch; posts in flight finish (bounded by
 //! `drain.request_timeout_secs`) and settle their messages, then the drain
@@ -38,6 +48,7 @@
 //! message that was in flight is posted twice. Nothing is ever lost.
 
 pub mod auth;
+pub mod breaker;
 pub mod http;
 pub mod journal;
 pub mod queue;
@@ -59,6 +70,7 @@ use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
 use auth::Secret;
+use breaker::{Admit, Breaker, Event, Failure, HoldRecord, Latency};
 use http::{Client, Verdict};
 use journal::Journal;
 use retry::Policy;
@@ -69,6 +81,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often a running drain puts back messages orphaned in `work/` by a
 /// drain that died next to it.
 const RECOVER_EVERY: Duration = Duration::from_secs(60);
+/// Spare threads for requests presumed hung, beyond `drain.concurrency`:
+/// each waits for its request timeout without holding a worker slot.
+const MAX_HUNG: usize = 128;
 
 /// Why the drain could not run at all.
 #[derive(Debug)]
@@ -128,7 +143,9 @@ pub struct Options {
     pub flush: bool,
 }
 
-/// What a run did.
+/// What a run did: the first six count attempts (a message deferred
+/// twice counts twice), the `left_*` ones messages still queued at the end
+/// of a `--once` run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
     pub delivered: usize,
@@ -142,12 +159,23 @@ pub struct Summary {
     pub misconfigured: usize,
     /// Spool errors while handling a message (the message is kept).
     pub errors: usize,
+    /// `--once`: messages in `new/` that have failed before (what `queue`
+    /// lists as deferred), whoever deferred them.
+    pub left_deferred: usize,
+    /// `--once`: messages never tried because their route was held.
+    pub left_held: usize,
+    /// The `left_*` counts were taken (a `--once` run).
+    pub left_counted: bool,
 }
 
 impl Summary {
     /// True when nothing was left behind by a failure in this run.
     pub fn clean(&self) -> bool {
-        self.deferred == 0 && self.misconfigured == 0 && self.errors == 0
+        self.deferred == 0
+            && self.misconfigured == 0
+            && self.errors == 0
+            && self.left_deferred == 0
+            && self.left_held == 0
     }
 }
 
@@ -155,14 +183,23 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "delivered={}, rejected={}, gave_up={}, deferred={}, misconfigured={}, errors={}",
+            "attempts: delivered={}, rejected={}, gave_up={}, deferred={}, misconfigured={}, \
+             errors={}",
             self.delivered,
             self.rejected,
             self.gave_up,
             self.deferred,
             self.misconfigured,
-            self.errors
-        )
+            self.errors,
+        )?;
+        if self.left_counted {
+            write!(
+                f,
+                "; messages left: deferred={}, held={}",
+                self.left_deferred, self.left_held
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +296,8 @@ pub fn run(
         routes,
         client: Client::new(&url, &config.drain),
         policy: Policy::from_config(&config.drain),
+        hold_after: config.drain.hold_after_failures,
+        request_timeout: Duration::from_secs(config.drain.request_timeout_secs.max(1)),
         keep_delivered: config.drain.keep_delivered,
         flush: options.flush,
         stop,
@@ -277,23 +316,28 @@ pub fn run(
     ));
 
     let workers = config.drain.concurrency.max(1);
-    let (job_tx, job_rx) = bounded::<Job>(workers);
+    let (job_tx, job_rx) = bounded::<(Job, bool)>(workers + MAX_HUNG);
     let (done_tx, done_rx) = unbounded::<Done>();
     let poll = Duration::from_secs(config.drain.poll_interval_secs.max(1));
     std::thread::scope(|scope| {
         // Owned here, so an early return below closes the channel and the
         // workers already started end instead of waiting forever.
         let job_tx = job_tx;
-        for n in 0..workers {
+        let mut started = 0usize;
+        let mut spawn = || -> io::Result<()> {
             let (jobs, done, ctx) = (job_rx.clone(), done_tx.clone(), &ctx);
             std::thread::Builder::new()
-                .name(format!("drain-{n}"))
-                .spawn_scoped(scope, move || worker(ctx, &jobs, &done))
-                .map_err(DrainError::Setup)?;
+                .name(format!("drain-{started}"))
+                .spawn_scoped(scope, move || worker(ctx, &jobs, &done))?;
+            started += 1;
+            Ok(())
+        };
+        for _ in 0..workers {
+            spawn().map_err(DrainError::Setup)?;
         }
-        drop(done_tx);
         let mut dispatcher = Dispatcher::new(&ctx, options, poll, workers);
-        dispatcher.run(&job_tx, &done_rx);
+        dispatcher.run(&job_tx, &done_rx, &mut || spawn().is_ok());
+        drop(done_tx);
         if stop.load(Ordering::SeqCst) {
             journal.info("stopping: letting the posts in flight finish");
         }
@@ -302,6 +346,10 @@ pub fn run(
         // results still count.
         for done in done_rx.iter() {
             dispatcher.apply(done);
+        }
+        dispatcher.end_holds();
+        if options.once {
+            dispatcher.count_left();
         }
         Ok(dispatcher.summary)
     })
@@ -317,6 +365,9 @@ struct Context<'a> {
     routes: Vec<RouteContext>,
     client: Client,
     policy: Policy,
+    /// `drain.hold_after_failures`.
+    hold_after: u32,
+    request_timeout: Duration,
     keep_delivered: bool,
     flush: bool,
     stop: &'a AtomicBool,
@@ -340,10 +391,14 @@ struct Job {
 enum Outcome {
     Delivered,
     Rejected,
-    GaveUp,
-    /// Kept; `next_attempt` is when it may be tried again.
+    GaveUp {
+        failure: Option<Failure>,
+    },
+    /// Kept; `next_attempt` is when it may be tried again. `failure`:
+    /// what it says about GitLab (none for a spool read error).
     Deferred {
         next_attempt: u64,
+        failure: Option<Failure>,
     },
     Misconfigured {
         next_attempt: u64,
@@ -362,26 +417,45 @@ enum Outcome {
 struct Done {
     job: Job,
     outcome: Outcome,
+    /// How long GitLab took to answer, when it did.
+    answered_in: Option<Duration>,
 }
 
-fn worker(ctx: &Context<'_>, jobs: &Receiver<Job>, done: &Sender<Done>) {
-    for job in jobs.iter() {
+fn worker(ctx: &Context<'_>, jobs: &Receiver<(Job, bool)>, done: &Sender<Done>) {
+    for (job, probe) in jobs.iter() {
+        let mut answered_in = None;
         let outcome = if ctx.stop.load(Ordering::SeqCst) {
             // Stopping: what is still queued stays in new/ untouched.
             Outcome::Skipped
         } else {
-            attempt(ctx, &job)
+            attempt(ctx, &job, probe, &mut answered_in)
         };
-        if done.send(Done { job, outcome }).is_err() {
+        let done_msg = Done {
+            job,
+            outcome,
+            answered_in,
+        };
+        if done.send(done_msg).is_err() {
             return;
         }
     }
 }
 
-/// One attempt at one message: claim, post, settle.
-fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
+/// One attempt at one message: claim, post, settle. `answered_in`: how
+/// long GitLab took to answer, when it did.
+fn attempt(
+    ctx: &Context<'_>,
+    job: &Job,
+    probe: bool,
+    answered_in: &mut Option<Duration>,
+) -> Outcome {
     let journal = ctx.journal;
-    let label = format!("{}/{}", job.route, printable(&job.name, 200));
+    let label = format!(
+        "{}/{}{}",
+        job.route,
+        printable(&job.name, 200),
+        if probe { " (probe)" } else { "" }
+    );
     let Some(route) = ctx.route(job.route) else {
         return Outcome::Skipped;
     };
@@ -410,7 +484,8 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
     }
 
     let started = Instant::now();
-    let (code, verdict) = if claim.oversized() {
+    // `posted`: GitLab was asked, so a failure says something about it.
+    let (code, verdict, retry_after, posted) = if claim.oversized() {
         // deliver never stores more than limits.max_message_bytes plus one
         // header line: this file was put there by someone else (or the
         // limit was lowered since). Never read into memory, never posted.
@@ -422,23 +497,33 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
                 claim.size(),
                 claim.max_body()
             )),
+            None,
+            false,
         )
     } else {
         match sign(route, now) {
-            Err(e) => (None, Verdict::Misconfigured(e.to_string())),
+            Err(e) => (None, Verdict::Misconfigured(e.to_string()), None, false),
             Ok(token) => {
                 let size = claim.size();
                 match claim.body() {
-                    Err(e) => (None, Verdict::Retry(e.to_string())),
+                    Err(e) => (None, Verdict::Retry(e.to_string()), None, false),
                     Ok(body) => {
                         let reply = ctx.client.post(job.route, &token, size, body);
-                        (reply.code(), http::classify(&reply))
+                        (
+                            reply.code(),
+                            http::classify(&reply),
+                            reply.retry_after(),
+                            true,
+                        )
                     }
                 }
             }
         }
     };
     let took = started.elapsed();
+    if code.is_some() {
+        *answered_in = Some(took);
+    }
     state.attempts = state.attempts.saturating_add(1);
     let attempt_no = state.attempts;
     let status = code.map_or_else(|| "-".to_string(), |c| c.to_string());
@@ -496,6 +581,10 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
             }
         }
         Verdict::Retry(reason) => {
+            let failure = posted.then(|| match retry_after {
+                Some(after) if !after.is_zero() => Failure::RetryAfter(reason.clone(), after),
+                _ => Failure::Gitlab(reason.clone()),
+            });
             let first = *state.first_failure.get_or_insert(now);
             state.last_attempt = Some(now);
             state.last_status = code;
@@ -511,11 +600,16 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
                     quote(&state.last_error)
                 ));
                 return match claim.fail(&state) {
-                    Ok(()) => Outcome::GaveUp,
+                    Ok(()) => Outcome::GaveUp { failure },
                     Err(e) => settle_err(e),
                 };
             }
-            let next_attempt = now + ctx.policy.delay(attempt_no, random_unit()).as_secs();
+            // Its own backoff, and never before what GitLab asked for.
+            let wait = ctx
+                .policy
+                .delay(attempt_no, random_unit())
+                .max(retry_after.map_or(Duration::ZERO, |a| ctx.policy.cap(a)));
+            let next_attempt = now + wait.as_secs();
             journal.warn(&format!(
                 "{head}, outcome=deferred, next={}s, reason=\"{}\"",
                 next_attempt - now,
@@ -524,7 +618,10 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
             state.last_error = reason;
             state.next_attempt = next_attempt;
             match claim.release(Some(&state)) {
-                Ok(()) => Outcome::Deferred { next_attempt },
+                Ok(()) => Outcome::Deferred {
+                    next_attempt,
+                    failure,
+                },
                 Err(e) => settle_err(e),
             }
         }
@@ -553,11 +650,15 @@ fn quote(text: &str) -> String {
     printable(text, 300).replace('"', "'")
 }
 
-/// A route that failed as a whole: not dispatched again before `until`.
-#[derive(Debug, Default)]
-struct Hold {
-    failures: u32,
-    until: Option<Instant>,
+/// One job being posted.
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    since: Instant,
+    /// The half-open probe of its route.
+    probe: bool,
+    /// Presumed hung: already counted as a failure, no longer takes a
+    /// worker slot.
+    hung: bool,
 }
 
 /// Decides what to post next; runs on the calling thread.
@@ -565,16 +666,27 @@ struct Dispatcher<'c, 'a> {
     ctx: &'c Context<'a>,
     options: Options,
     poll: Duration,
-    /// Size of the worker pool: at most this many jobs in flight.
+    /// `drain.concurrency`: at most this many requests not presumed hung.
     workers: usize,
+    /// Worker threads started (workers, plus spares for hung requests).
+    threads: usize,
     pending: VecDeque<Job>,
-    in_flight: HashSet<Job>,
+    in_flight: HashMap<Job, Flight>,
     /// Jobs already tried in this run (`once` tries each at most once).
     tried: HashSet<Job>,
     /// Next-attempt times known for messages in `new/`.
     next_attempt: HashMap<Job, u64>,
-    holds: HashMap<Route, Hold>,
+    /// The breakers' clock starts here.
+    origin: Instant,
+    breakers: HashMap<Route, Breaker>,
+    /// Routes whose hold file this drain wrote.
+    hold_files: HashSet<Route>,
+    latency: Latency,
+    /// Scan at once: a hold was released.
+    rescan: bool,
     last_scan: Option<Instant>,
+    /// `last_scan` on the breakers' clock.
+    last_scan_at: Duration,
     last_scan_found: bool,
     last_recover: Instant,
     summary: Summary,
@@ -587,12 +699,18 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             options,
             poll,
             workers,
+            threads: workers,
             pending: VecDeque::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             tried: HashSet::new(),
             next_attempt: HashMap::new(),
-            holds: HashMap::new(),
+            origin: Instant::now(),
+            breakers: HashMap::new(),
+            hold_files: HashSet::new(),
+            latency: Latency::new(ctx.request_timeout),
+            rescan: false,
             last_scan: None,
+            last_scan_at: Duration::ZERO,
             last_scan_found: false,
             last_recover: Instant::now(),
             summary: Summary::default(),
@@ -603,7 +721,35 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         self.ctx.stop.load(Ordering::SeqCst)
     }
 
-    fn run(&mut self, jobs: &Sender<Job>, done: &Receiver<Done>) {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn breaker(&mut self, route: Route) -> &mut Breaker {
+        let threshold = self.ctx.hold_after;
+        self.breakers
+            .entry(route)
+            .or_insert_with(|| Breaker::new(threshold))
+    }
+
+    fn blocked(&self, route: Route) -> bool {
+        self.breakers
+            .get(&route)
+            .is_some_and(|b| b.blocked(self.now()))
+    }
+
+    /// Requests that take up a worker slot.
+    fn active(&self) -> usize {
+        self.in_flight.values().filter(|f| !f.hung).count()
+    }
+
+    /// `spawn` starts one more worker thread; false when it cannot.
+    fn run(
+        &mut self,
+        jobs: &Sender<(Job, bool)>,
+        done: &Receiver<Done>,
+        spawn: &mut dyn FnMut() -> bool,
+    ) {
         loop {
             while let Ok(d) = done.try_recv() {
                 self.apply(d);
@@ -611,9 +757,12 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             if self.stopping() {
                 return;
             }
+            self.presume_hung();
             if self.pending.is_empty() {
                 let scan_due = self.options.once
                     || self.last_scan_found
+                    || self.rescan
+                    || self.hold_ended()
                     || self.last_scan.is_none_or(|t| t.elapsed() >= self.poll);
                 if scan_due {
                     self.scan();
@@ -625,10 +774,10 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     continue;
                 }
             }
-            // A job goes out only when a worker is free, so a failure
+            // A job goes out only when a worker slot is free, so a failure
             // reported by one is applied (and may hold the route) before
             // the next message of that route is sent.
-            if self.in_flight.len() >= self.workers {
+            if self.active() >= self.workers {
                 if !self.wait(done) {
                     return;
                 }
@@ -637,15 +786,39 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             let Some(job) = self.pending.pop_front() else {
                 continue;
             };
-            if self.held(job.route) || self.in_flight.contains(&job) {
+            if self.in_flight.contains_key(&job) {
                 continue;
             }
-            // Never blocks: the channel holds as many jobs as there are
-            // workers, and fewer than that are in flight.
-            if jobs.send(job.clone()).is_err() {
+            // Every thread busy (some with hung requests): one more, up to
+            // the cap; else wait for one to come back.
+            if self.in_flight.len() >= self.threads {
+                if self.threads < self.workers + MAX_HUNG && spawn() {
+                    self.threads += 1;
+                } else {
+                    self.pending.push_front(job);
+                    if !self.wait(done) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let now = self.now();
+            let probe = match self.breaker(job.route).admit(now) {
+                Admit::Wait => continue,
+                Admit::Send => false,
+                Admit::Probe => true,
+            };
+            // Never blocks: the channel holds as many jobs as there can be
+            // threads, and a thread is free for this one.
+            if jobs.send((job.clone(), probe)).is_err() {
                 return;
             }
-            self.in_flight.insert(job.clone());
+            let flight = Flight {
+                since: Instant::now(),
+                probe,
+                hung: false,
+            };
+            self.in_flight.insert(job.clone(), flight);
             if self.options.once {
                 self.tried.insert(job);
             }
@@ -664,17 +837,44 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         }
     }
 
-    fn held(&self, route: Route) -> bool {
-        self.holds
-            .get(&route)
-            .and_then(|h| h.until)
-            .is_some_and(|until| Instant::now() < until)
+    /// True when a held route's wait ended since the last scan (its probe
+    /// is due, if a message is).
+    fn hold_ended(&self) -> bool {
+        let now = self.now();
+        self.breakers.values().any(|b| {
+            b.held_until()
+                .is_some_and(|until| until > self.last_scan_at && until <= now)
+        })
+    }
+
+    /// Counts requests that take far longer than GitLab's answers do as
+    /// failures, and frees their worker slots.
+    fn presume_hung(&mut self) {
+        let limit = self.latency.hung_after();
+        let late: Vec<(Job, bool)> = self
+            .in_flight
+            .iter_mut()
+            .filter(|(_, f)| !f.hung && f.since.elapsed() >= limit)
+            .map(|(job, f)| {
+                f.hung = true;
+                (job.clone(), f.probe)
+            })
+            .collect();
+        for (job, probe) in late {
+            let failure = Failure::Gitlab(format!(
+                "no answer after {:.1}s (presumed hung)",
+                limit.as_secs_f64()
+            ));
+            self.failure(job.route, probe, &failure);
+        }
     }
 
     /// Fills `pending` with the messages that may be tried now, oldest
     /// first, across routes.
     fn scan(&mut self) {
         let ctx = self.ctx;
+        self.rescan = false;
+        self.last_scan_at = self.now();
         if self.last_recover.elapsed() >= RECOVER_EVERY {
             self.last_recover = Instant::now();
             for route in &ctx.routes {
@@ -689,7 +889,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         let mut known = HashMap::new();
         for route in &ctx.routes {
             let r = route.spool.route();
-            if self.held(r) {
+            if self.blocked(r) {
                 // Not scanned now; keep what is known about it.
                 known.extend(
                     self.next_attempt
@@ -712,7 +912,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     route: r,
                     name: entry.name,
                 };
-                if self.in_flight.contains(&job) || self.tried.contains(&job) {
+                if self.in_flight.contains_key(&job) || self.tried.contains(&job) {
                     continue;
                 }
                 let next = match self.next_attempt.get(&job) {
@@ -742,25 +942,36 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
 
     /// Takes in one worker's result.
     fn apply(&mut self, done: Done) {
-        self.in_flight.remove(&done.job);
+        let flight = self.in_flight.remove(&done.job);
+        let probe = flight.is_some_and(|f| f.probe);
+        // A hung request was counted as a failure when presumed so.
+        let counted = flight.is_some_and(|f| f.hung);
+        if let Some(took) = done.answered_in {
+            self.latency.observe(took);
+        }
         let route = done.job.route;
-        match done.outcome {
+        let failure = match done.outcome {
             Outcome::Delivered => {
                 self.summary.delivered += 1;
-                self.release_hold(route);
+                self.success(route);
+                return;
             }
             Outcome::Rejected => {
                 self.summary.rejected += 1;
-                self.release_hold(route);
+                self.success(route);
+                return;
             }
-            Outcome::GaveUp => {
+            Outcome::GaveUp { failure } => {
                 self.summary.gave_up += 1;
-                self.hold(route, None);
+                failure
             }
-            Outcome::Deferred { next_attempt } => {
+            Outcome::Deferred {
+                next_attempt,
+                failure,
+            } => {
                 self.summary.deferred += 1;
                 self.next_attempt.insert(done.job, next_attempt);
-                self.hold(route, None);
+                failure
             }
             Outcome::Misconfigured {
                 next_attempt,
@@ -768,58 +979,169 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             } => {
                 self.summary.misconfigured += 1;
                 self.next_attempt.insert(done.job, next_attempt);
-                self.hold(route, Some(&reason));
+                Some(Failure::Route(reason))
             }
             Outcome::NotDue { next_attempt } => {
                 self.next_attempt.insert(done.job, next_attempt);
+                None
             }
-            Outcome::Skipped => {}
+            Outcome::Skipped => None,
             Outcome::Error => {
                 self.summary.errors += 1;
                 // Not again at every scan: the error would fill the log.
                 let later = unix_now() + self.ctx.policy.delay(1, random_unit()).as_secs().max(60);
                 self.next_attempt.insert(done.job, later);
+                None
+            }
+        };
+        match failure {
+            Some(failure) if !counted => self.failure(route, probe, &failure),
+            // A probe that told nothing (and is not the reason of a newer
+            // hold): the next due message probes.
+            None if probe && !counted => self.breaker(route).probe_void(),
+            _ => {}
+        }
+    }
+
+    fn success(&mut self, route: Route) {
+        if let Some(event) = self.breaker(route).success() {
+            self.report(route, &event, false);
+        }
+    }
+
+    fn failure(&mut self, route: Route, probe: bool, failure: &Failure) {
+        let (now, unit) = (self.now(), random_unit());
+        let policy = self.ctx.policy;
+        let event = self
+            .breaker(route)
+            .failure(now, probe, failure, &policy, unit);
+        if let Some(event) = event {
+            self.report(route, &event, matches!(failure, Failure::Route(_)));
+        }
+    }
+
+    /// Logs a hold once when it starts and once when it ends, and keeps the
+    /// hold file `queue` reads up to date. `misconfigured`: said as an
+    /// error, since only the admin can end it.
+    fn report(&mut self, route: Route, event: &Event, misconfigured: bool) {
+        let ctx = self.ctx;
+        let now = self.now();
+        let wall =
+            |until: Duration| unix_now() + until.saturating_sub(now).as_secs_f64().ceil() as u64;
+        match event {
+            Event::Held {
+                until,
+                reason,
+                failures,
+            } => {
+                let end = wall(*until);
+                let what = if self.options.once {
+                    "skipping its other messages in this run".to_string()
+                } else {
+                    "then one probe per delay until GitLab answers".to_string()
+                };
+                let when = format!(
+                    "held until {} (in {}s)",
+                    breaker::clock_time(end),
+                    end.saturating_sub(unix_now())
+                );
+                if misconfigured {
+                    ctx.journal.error(&format!(
+                        "{route}: GitLab cannot take mail for this route: {}; messages stay \
+                         queued; {when}, {what}",
+                        quote(reason)
+                    ));
+                } else {
+                    ctx.journal.warn(&format!(
+                        "{route}: GitLab unavailable: {when} after {failures} failure(s) in a \
+                         row, {what}; last error: {}",
+                        quote(reason)
+                    ));
+                }
+                self.write_hold(route, end, reason);
+            }
+            Event::Extended { until, reason } => {
+                self.write_hold(route, wall(*until), reason);
+            }
+            Event::Released { since, probes } => {
+                ctx.journal.info(&format!(
+                    "{route}: delivering again: released after {}s held, {probes} failed \
+                     probe(s)",
+                    now.saturating_sub(*since).as_secs()
+                ));
+                self.remove_hold(route);
+                self.rescan = true;
             }
         }
     }
 
-    fn release_hold(&mut self, route: Route) {
-        if let Some(hold) = self.holds.remove(&route)
-            && hold.failures > 0
-        {
-            self.ctx.journal.info(&format!(
-                "{route}: delivering again after {} failure(s)",
-                hold.failures
-            ));
+    fn write_hold(&mut self, route: Route, until: u64, reason: &str) {
+        let Some(spool) = self.ctx.route(route).map(|r| &r.spool) else {
+            return;
+        };
+        let record = HoldRecord {
+            until,
+            reason: printable(reason, 300),
+            pid: std::process::id(),
+        };
+        let Some(state) = spool.state_dir() else {
+            return;
+        };
+        match breaker::write_hold(state, &record) {
+            Ok(()) => {
+                self.hold_files.insert(route);
+            }
+            Err(e) => self.ctx.journal.warn(&format!(
+                "{route}: cannot record the hold for `mailpipe queue`: {e}"
+            )),
         }
     }
 
-    /// Holds `route` back after a failure that is not the message's own.
-    /// `misconfigured`: the reason, said loudly once per hold.
-    fn hold(&mut self, route: Route, misconfigured: Option<&str>) {
-        let ctx = self.ctx;
-        let hold = self.holds.entry(route).or_default();
-        let was_held = hold.until.is_some_and(|u| Instant::now() < u);
-        hold.failures = hold.failures.saturating_add(1);
-        let delay = ctx.policy.delay(hold.failures, random_unit());
-        hold.until = Some(Instant::now() + delay);
-        if was_held {
+    fn remove_hold(&mut self, route: Route) {
+        if !self.hold_files.remove(&route) {
             return;
         }
-        let what = if self.options.once {
-            "skipping its other messages in this run".to_string()
-        } else {
-            format!("pausing it for {}s", delay.as_secs())
-        };
-        match misconfigured {
-            Some(reason) => ctx.journal.error(&format!(
-                "{route}: GitLab cannot take mail for this route: {}; messages stay queued; \
-                 {what}",
-                quote(reason)
-            )),
-            None => ctx
+        if let Some(r) = self.ctx.route(route)
+            && let Some(state) = r.spool.state_dir()
+            && let Err(e) = breaker::remove_hold(state)
+        {
+            self.ctx
                 .journal
-                .warn(&format!("{route}: GitLab unavailable; {what}")),
+                .warn(&format!("{route}: cannot remove the hold record: {e}"));
+        }
+    }
+
+    /// The drain ends: its holds end with it.
+    fn end_holds(&mut self) {
+        let routes: Vec<Route> = self.hold_files.iter().copied().collect();
+        for route in routes {
+            self.remove_hold(route);
+        }
+    }
+
+    /// `--once`: what is still queued because of a failure.
+    fn count_left(&mut self) {
+        self.summary.left_counted = true;
+        for r in &self.ctx.routes {
+            let route = r.spool.route();
+            let Ok(entries) = r.spool.list(Folder::New) else {
+                continue;
+            };
+            let with_state = r.spool.names_with_state().unwrap_or_default();
+            let held = self.breakers.get(&route).is_some_and(Breaker::is_held);
+            for entry in entries {
+                let deferred = with_state.contains(&entry.name)
+                    && r.spool
+                        .read_state(&entry.name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.attempts > 0);
+                if deferred {
+                    self.summary.left_deferred += 1;
+                } else if held {
+                    self.summary.left_held += 1;
+                }
+            }
         }
     }
 }

@@ -5,7 +5,9 @@
 //! deferred (tried, waiting for their next attempt), are being posted
 //! (active), sit in `work/` with no drain holding them (orphaned: put back
 //! by the next drain), and have failed; the age of the oldest message not
-//! yet failed; then every deferred and failed message with its reason.
+//! yet failed; a route the drain is holding because GitLab is failing
+//! ("held until HH:MM:SS: reason", from the drain's hold file); then every
+//! deferred and failed message with its reason.
 //! `requeue` moves failed messages back to `new/` with a clean slate.
 //!
 //! Must not: read the secret, talk to GitLab, read message content, or
@@ -20,6 +22,7 @@ use crate::cli::{QueueArgs, RequeueArgs};
 use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
+use super::breaker::{self, HoldRecord};
 use super::store::{Folder, RouteSpool, State, StoreError};
 use super::unix_now;
 
@@ -149,10 +152,17 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
     let mut deferred = Vec::new();
     let mut failed = Vec::new();
     let mut unconfigured = Vec::new();
+    let mut holds: Vec<(Route, HoldRecord)> = Vec::new();
+    let mut unreadable_holds = Vec::new();
     for route in Route::ALL {
         let configured = config.route(route).is_some();
         let mut counts = Counts::default();
         if let Some(spool) = RouteSpool::existing(&config.spool.dir, route)? {
+            match spool.state_dir().map(breaker::read_hold) {
+                Some(Ok(Some(hold))) if hold.in_force(now) => holds.push((route, hold)),
+                Some(Err(e)) => unreadable_holds.push((route, e)),
+                _ => {}
+            }
             let mut older = |arrived: u64| {
                 counts.oldest = Some(counts.oldest.map_or(arrived, |o| o.min(arrived)));
             };
@@ -221,6 +231,22 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
             oldest
         )?;
     }
+    for (route, hold) in &holds {
+        writeln!(
+            out,
+            "\n{route}: held until {}: {}",
+            breaker::clock_time(hold.until),
+            printable(&hold.reason, 300)
+        )?;
+    }
+    for (route, e) in &unreadable_holds {
+        writeln!(
+            out,
+            "\nnote: {route}: the drain's hold record ({}) cannot be read: {}",
+            breaker::HOLD_FILE,
+            printable(&e.to_string(), 200)
+        )?;
+    }
     for route in unconfigured {
         writeln!(
             out,
@@ -232,10 +258,14 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
         writeln!(out, "\ndeferred ({}):", deferred.len())?;
         for m in &deferred {
             let s = m.state.clone().unwrap_or_default();
-            let next = if s.next_attempt > now {
-                format!("in {}", age(s.next_attempt - now))
-            } else {
-                "now".to_string()
+            let held = holds
+                .iter()
+                .find(|(r, h)| *r == m.route && h.until > s.next_attempt)
+                .map(|(_, h)| h.until);
+            let next = match held {
+                Some(until) => format!("in {} (route held)", age(until.saturating_sub(now))),
+                None if s.next_attempt > now => format!("in {}", age(s.next_attempt - now)),
+                None => "now".to_string(),
             };
             writeln!(
                 out,

@@ -71,6 +71,11 @@ impl Policy {
         now.saturating_sub(first_failure) >= self.give_up_after.as_secs()
     }
 
+    /// A wait GitLab asked for (`Retry-After`), capped by `retry_max_secs`.
+    pub fn cap(&self, wait: Duration) -> Duration {
+        wait.min(self.max)
+    }
+
     /// `give_up_after_hours`, for messages.
     pub fn give_up_after(&self) -> Duration {
         self.give_up_after
@@ -130,6 +135,13 @@ mod tests {
         assert_eq!(policy(0, 3600, 1).delay(5, 0.9), Duration::ZERO);
         let p = policy(u64::MAX / 2, u64::MAX, 1);
         assert_eq!(p.schedule(64), Duration::from_secs(u64::MAX));
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_the_maximum() {
+        let p = policy(30, 600, 1);
+        assert_eq!(p.cap(Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(p.cap(Duration::from_secs(86400)), Duration::from_secs(600));
     }
 
     #[test]

@@ -278,6 +278,12 @@ impl RouteSpool {
         &self.dir
     }
 
+    /// `state/`, opened once: for the drain's other own files (the route's
+    /// hold record, `breaker.rs`).
+    pub fn state_dir(&self) -> Option<&Dir> {
+        self.folder(Folder::State)
+    }
+
     fn folder(&self, folder: Folder) -> Option<&Dir> {
         self.folders[slot(folder)].as_ref()
     }

@@ -50,6 +50,51 @@ pub enum Mode {
     Slow(Duration),
     /// Read the request, never answer (until the server stops).
     Hang,
+    /// Read the request, answer nothing for this long, then close.
+    HangFor(Duration),
+    /// Read the request, then close the connection without an answer.
+    Drop,
+    /// This status (429, 503) with `Retry-After: <value>`.
+    RetryAfter(u16, String),
+    /// A GitLab that fails `failing` (0.0 to 1.0) of the requests at
+    /// random, the rest accepted. A failure is a 500, 502 or 503 (55 %),
+    /// a 429 without Retry-After (15 %), a dropped connection (15 %), or a
+    /// hang of `hang` (15 %; longer than the drain's request timeout).
+    /// An accepted request takes `latency` (GitLab's own work).
+    Flaky {
+        failing: f64,
+        hang: Duration,
+        latency: Duration,
+    },
+    /// Request number `i` (from 0, good tokens only) is answered as
+    /// `modes[i]`; the last one answers the rest.
+    Then(Vec<Mode>),
+}
+
+/// What the stand-in does after reading a request.
+enum Answer {
+    Reply { body: String, headers: String },
+    Hang(Option<Duration>),
+    Drop,
+}
+
+/// A small xorshift generator: the stand-in's failures need no more.
+fn random_unit() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        x = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// One POST as the stand-in saw it.
@@ -62,8 +107,10 @@ pub struct Post {
     pub jose: Option<String>,
     /// The claims when the token verified; the reason when not.
     pub claims: Result<serde_json::Value, String>,
-    /// What was answered.
+    /// What was answered (0: no answer, a hang or a dropped connection).
     pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 struct Shared {
@@ -71,6 +118,8 @@ struct Shared {
     secrets: HashMap<String, Vec<u8>>,
     mode: Mutex<Mode>,
     posts: Mutex<Vec<Post>>,
+    /// Requests with a good token so far (for `Mode::Then`).
+    served: AtomicUsize,
     stop: AtomicBool,
     connections: Mutex<Vec<TcpStream>>,
 }
@@ -99,6 +148,7 @@ impl GitLab {
                 .collect(),
             mode: Mutex::new(mode),
             posts: Mutex::new(Vec::new()),
+            served: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
         });
@@ -224,12 +274,23 @@ fn serve(shared: &Shared, stream: TcpStream) {
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let (status, answer) = handle(shared, method, path, &headers, body);
-        let Some(answer) = answer else {
-            // Hang: keep the connection open, answer nothing.
-            while !shared.stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
+        let (answer, extra) = match answer {
+            Answer::Reply { body, headers } => (body, headers),
+            Answer::Hang(limit) => {
+                // Keep the connection open, answer nothing.
+                let start = Instant::now();
+                while !shared.stop.load(Ordering::SeqCst)
+                    && limit.is_none_or(|l| start.elapsed() < l)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = out.shutdown(Shutdown::Both);
+                return;
             }
-            return;
+            Answer::Drop => {
+                let _ = out.shutdown(Shutdown::Both);
+                return;
+            }
         };
         let reason = match status {
             200 => "OK",
@@ -240,7 +301,7 @@ fn serve(shared: &Shared, stream: TcpStream) {
         };
         let response = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{answer}",
+             {extra}Content-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
         if out.write_all(response.as_bytes()).is_err() {
@@ -249,14 +310,15 @@ fn serve(shared: &Shared, stream: TcpStream) {
     }
 }
 
-/// GitLab's checks, then the mode. `None`: do not answer.
+/// GitLab's checks, then the mode.
 fn handle(
     shared: &Shared,
     method: &str,
     path: &str,
     headers: &HashMap<String, String>,
     body: Vec<u8>,
-) -> (u16, Option<String>) {
+) -> (u16, Answer) {
+    let at = Instant::now();
     let route = path.strip_prefix(API).unwrap_or("").to_string();
     let token = headers.get("gitlab-mailroom-api-request").cloned();
     let jose = token
@@ -273,24 +335,61 @@ fn handle(
             (Some(secret), Some(token)) => verify(&token, secret),
         }
     };
-    let mode = shared.mode.lock().unwrap().clone();
+    let mut mode = shared.mode.lock().unwrap().clone();
+    if let (Ok(_), Mode::Then(modes)) = (&claims, &mode) {
+        let i = shared.served.fetch_add(1, Ordering::SeqCst);
+        mode = modes[i.min(modes.len() - 1)].clone();
+    }
+    if let Mode::Flaky {
+        failing,
+        hang,
+        latency,
+    } = mode
+    {
+        mode = if random_unit() >= failing {
+            Mode::Slow(latency)
+        } else {
+            match random_unit() {
+                x if x < 0.25 => Mode::Status(503),
+                x if x < 0.45 => Mode::Status(502),
+                x if x < 0.55 => Mode::Status(500),
+                x if x < 0.70 => Mode::Status(429),
+                x if x < 0.85 => Mode::Drop,
+                _ => Mode::HangFor(hang),
+            }
+        };
+    }
+    let reply = |body: String| Answer::Reply {
+        body,
+        headers: String::new(),
+    };
     let (status, answer) = match (&claims, mode) {
-        (Err(_), _) => (401, Some(r#"{"message":"401 Unauthorized"}"#.to_string())),
-        (Ok(_), Mode::Accept) => (200, Some(r#"{"success":true}"#.to_string())),
+        (Err(_), _) => (401, reply(r#"{"message":"401 Unauthorized"}"#.to_string())),
+        (Ok(_), Mode::Accept) => (200, reply(r#"{"success":true}"#.to_string())),
         (Ok(_), Mode::Slow(d)) => {
             std::thread::sleep(d);
-            (200, Some(r#"{"success":true}"#.to_string()))
+            (200, reply(r#"{"success":true}"#.to_string()))
         }
-        (Ok(_), Mode::NotGitLab) => (200, Some("<html>Sign in</html>".to_string())),
+        (Ok(_), Mode::NotGitLab) => (200, reply("<html>Sign in</html>".to_string())),
         (Ok(_), Mode::Status(400)) => (
             400,
-            Some(
+            reply(
                 r#"{"success":false,"message":"We couldn't process your email because it is too large. Please create your issue or comment through the web interface."}"#
                     .to_string(),
             ),
         ),
-        (Ok(_), Mode::Status(code)) => (code, Some(format!(r#"{{"message":"{code}"}}"#))),
-        (Ok(_), Mode::Hang) => (0, None),
+        (Ok(_), Mode::Status(code)) => (code, reply(format!(r#"{{"message":"{code}"}}"#))),
+        (Ok(_), Mode::RetryAfter(code, after)) => (
+            code,
+            Answer::Reply {
+                body: format!(r#"{{"message":"{code}"}}"#),
+                headers: format!("Retry-After: {after}\r\n"),
+            },
+        ),
+        (Ok(_), Mode::Hang) => (0, Answer::Hang(None)),
+        (Ok(_), Mode::HangFor(d)) => (0, Answer::Hang(Some(d))),
+        (Ok(_), Mode::Drop) => (0, Answer::Drop),
+        (Ok(_), Mode::Flaky { .. } | Mode::Then(_)) => unreachable!("resolved above"),
     };
     shared.posts.lock().unwrap().push(Post {
         route,
@@ -299,6 +398,7 @@ fn handle(
         jose,
         claims,
         status,
+        at,
     });
     (status, answer)
 }
