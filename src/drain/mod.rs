@@ -40,8 +40,10 @@
 pub mod auth;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -244,7 +246,10 @@ pub fn run(
             ));
         }
     }
+    let metrics = metrics::Metrics::new(&config.routes.iter().map(|r| r.route).collect::<Vec<_>>());
+    let exporter = metrics::Exporter::start(&config.drain).map_err(DrainError::Setup)?;
     let ctx = Context {
+        metrics,
         routes,
         client: Client::new(&url, &config.drain),
         policy: Policy::from_config(&config.drain),
@@ -264,6 +269,10 @@ pub fn run(
         config.drain.concurrency,
         if options.once { ", once" } else { "" }
     ));
+    if let Some(exporter) = &exporter {
+        journal.info(&format!("metrics: {}", exporter.describe()));
+    }
+    let exporter_done = AtomicBool::new(false);
 
     let workers = config.drain.concurrency.max(1);
     let (job_tx, job_rx) = bounded::<Job>(workers);
@@ -281,6 +290,15 @@ pub fn run(
                 .map_err(DrainError::Setup)?;
         }
         drop(done_tx);
+        if let Some(exporter) = &exporter {
+            let (ctx, done) = (&ctx, &exporter_done);
+            std::thread::Builder::new()
+                .name("drain-metrics".into())
+                .spawn_scoped(scope, move || {
+                    exporter.run(config, &ctx.metrics, ctx.stop, done, ctx.journal)
+                })
+                .map_err(DrainError::Setup)?;
+        }
         let mut dispatcher = Dispatcher::new(&ctx, options, poll, workers);
         dispatcher.run(&job_tx, &done_rx);
         if stop.load(Ordering::SeqCst) {
@@ -292,6 +310,7 @@ pub fn run(
         for done in done_rx.iter() {
             dispatcher.apply(done);
         }
+        exporter_done.store(true, Ordering::SeqCst);
         Ok(dispatcher.summary)
     })
 }
@@ -303,6 +322,7 @@ struct RouteContext {
 
 /// What every worker shares.
 struct Context<'a> {
+    metrics: metrics::Metrics,
     routes: Vec<RouteContext>,
     client: Client,
     policy: Policy,
@@ -346,6 +366,22 @@ enum Outcome {
     Skipped,
     /// A spool error; the message is kept.
     Error,
+}
+
+impl Outcome {
+    /// The `outcome` label of `mailpipe_drain_attempts_total`; `None` for
+    /// what was not an attempt.
+    fn metric(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Delivered => Some("delivered"),
+            Outcome::Rejected => Some("rejected"),
+            Outcome::GaveUp => Some("gave_up"),
+            Outcome::Deferred { .. } => Some("deferred"),
+            Outcome::Misconfigured { .. } => Some("misconfigured"),
+            Outcome::Error => Some("error"),
+            Outcome::NotDue { .. } | Outcome::Skipped => None,
+        }
+    }
 }
 
 struct Done {
@@ -405,6 +441,7 @@ fn attempt(ctx: &Context<'_>, job: &Job) -> Outcome {
             Err(e) => (None, Verdict::Misconfigured(e.to_string())),
             Ok(token) => {
                 let reply = ctx.client.post(job.route, &token, &body);
+                ctx.metrics.record_post(job.route, reply.code());
                 (reply.code(), http::classify(&reply))
             }
         },
@@ -702,6 +739,14 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 }
             }
         }
+        for route in &ctx.routes {
+            let r = route.spool.route();
+            let first_seen = known
+                .keys()
+                .filter(|j| j.route == r && !self.next_attempt.contains_key(*j))
+                .count();
+            ctx.metrics.record_arrivals(r, first_seen);
+        }
         // Forget messages that left new/ (delivered, failed, or taken by
         // another drain); keep what in-flight results will update.
         self.next_attempt = known;
@@ -715,6 +760,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
     fn apply(&mut self, done: Done) {
         self.in_flight.remove(&done.job);
         let route = done.job.route;
+        if let Some(outcome) = done.outcome.metric() {
+            self.ctx.metrics.record_outcome(route, outcome);
+        }
         match done.outcome {
             Outcome::Delivered => {
                 self.summary.delivered += 1;
@@ -755,6 +803,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
     }
 
     fn release_hold(&mut self, route: Route) {
+        self.ctx.metrics.set_route_held(route, false, false);
         if let Some(hold) = self.holds.remove(&route)
             && hold.failures > 0
         {
@@ -769,6 +818,8 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
     /// `misconfigured`: the reason, said loudly once per hold.
     fn hold(&mut self, route: Route, misconfigured: Option<&str>) {
         let ctx = self.ctx;
+        ctx.metrics
+            .set_route_held(route, true, misconfigured.is_some());
         let hold = self.holds.entry(route).or_default();
         let was_held = hold.until.is_some_and(|u| Instant::now() < u);
         hold.failures = hold.failures.saturating_add(1);
