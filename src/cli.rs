@@ -40,6 +40,37 @@ pub enum Command {
     Queue(QueueArgs),
     /// Move failed messages back into the queue (like `postsuper -r`).
     Requeue(RequeueArgs),
+    /// One-line health check for Nagios, Icinga or Zabbix: exit 0 OK, 1
+    /// WARNING, 2 CRITICAL, 3 UNKNOWN, with performance data.
+    ///
+    /// CRITICAL: a route GitLab refuses (401/403), a full spool, the oldest
+    /// message older than --critical-age. WARNING: older than
+    /// --warning-age, failed messages, little free space.
+    Health(HealthArgs),
+}
+
+/// Options of `mailpipe health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// WARNING when the oldest queued message is older than this.
+    #[arg(short = 'w', long, value_name = "SECS", default_value_t = 900)]
+    pub warning_age: u64,
+    /// CRITICAL when the oldest queued message is older than this.
+    #[arg(short = 'c', long, value_name = "SECS", default_value_t = 3600)]
+    pub critical_age: u64,
+    /// WARNING when less than this share of the spool's space or inodes
+    /// is free.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub warning_free: u8,
+    /// CRITICAL below this share (and always when fewer than two messages
+    /// of limits.max_message_bytes fit).
+    #[arg(long, value_name = "PERCENT", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub critical_free: u8,
 }
 
 /// Options of `mailpipe drain`.
@@ -63,6 +94,9 @@ pub struct QueueArgs {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 /// Options of `mailpipe requeue`.

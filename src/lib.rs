@@ -7,7 +7,7 @@
 //! Layout, top to bottom (dependencies point downward):
 //! - `main.rs`: panic hook, parse, run, exit code;
 //! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
-//!   [`drain`] (drain, queue, requeue);
+//!   [`drain`] (drain, queue, requeue), [`health`];
 //! - I/O: [`config`], [`spool`], [`log`], [`postfix`];
 //! - pure: [`decide`], [`lookup`], [`headers`], [`address`], [`kind`],
 //!   [`status`].
@@ -26,6 +26,7 @@ pub mod decide;
 pub mod deliver;
 pub mod drain;
 pub mod headers;
+pub mod health;
 pub mod kind;
 pub mod log;
 pub mod lookup;

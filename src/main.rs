@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, Deferral, Status};
-use mailpipe::{check, deliver, drain, spool};
+use mailpipe::{check, deliver, drain, health, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             }
             Command::Queue(args) => return exit_code(drain::queue::command(&args)),
             Command::Requeue(args) => return exit_code(drain::queue::requeue_command(&args)),
+            Command::Health(args) => return ExitCode::from(health::command(&args)),
         },
     };
     status::report(&status);

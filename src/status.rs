@@ -111,14 +111,17 @@ impl Status {
         }
     }
 
-    /// The line for Postfix, or `None` when we say nothing (success).
+    /// The line for Postfix, or `None` when we say nothing (spooled).
     ///
     /// Postfix copies this text into the bounce or defer notice, turning tabs
     /// and newlines into spaces and keeping only the first ~4 KB, so it is one
     /// short printable line.
     pub fn report_line(&self) -> Option<String> {
         match self {
-            Status::Accepted | Status::Discarded(_) => None,
+            Status::Accepted => None,
+            // Exit 0 with output: pipe(8) logs `status=sent (delivered via
+            // <service> service (<this text>))`, so Postfix's own log tells
+            // a dropped auto-reply from a delivery.
             _ => Some(format!(
                 "{} mailpipe: {}",
                 self.enhanced_code(),
@@ -206,6 +209,12 @@ mod tests {
         }
         assert_eq!(Status::Accepted.report_line(), None);
         assert_eq!(Status::Discarded("auto".into()).exit_code(), 0);
+        assert_eq!(
+            Status::Discarded("Auto-Submitted: auto-replied".into())
+                .report_line()
+                .as_deref(),
+            Some("2.0.0 mailpipe: Auto-Submitted: auto-replied")
+        );
     }
 
     #[test]
