@@ -216,9 +216,9 @@ fn check_logging(postfix: &Postfix, report: &mut Report) {
             socket,
             format!(
                 "no syslog daemon listens; deliver's lines go into Postfix's maillog_file \
-                 {file}: a spooled message's line after \"status=sent (delivered via … \
-                 service (2.0.0 mailpipe: …))\", other outcomes as mailpipe's reason after \
-                 status=bounced/deferred/sent"
+                 {file}, in Postfix's own line: a spooled message's route, kind and key \
+                 fingerprint after \"status=sent (delivered via <service> service (2.0.0 \
+                 mailpipe: route=…\", other outcomes as mailpipe's reason"
             ),
             "for mailpipe's full line on every outcome, run a syslog daemon \
              (apt-get install rsyslog, or systemd-journald)",

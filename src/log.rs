@@ -138,17 +138,36 @@ pub fn syslog_reachable_at(path: &str) -> bool {
     }
 }
 
-/// Sends the line to syslog when a daemon listens; otherwise returns it, so
-/// `deliver` can hand it to Postfix on stdout (pipe(8) logs a successful
-/// command's output after `status=sent`, wherever Postfix logs: syslog or
-/// its `maillog_file`).
+/// Sends the line to syslog when a daemon listens; otherwise returns the
+/// part of it Postfix does not log itself ([`for_postfix`]), so `deliver`
+/// can hand it to Postfix on stdout: pipe(8) logs a successful command's
+/// output after `status=sent`, wherever Postfix logs (syslog or its
+/// `maillog_file`).
 pub fn send_or_return(r: &Record) -> Option<String> {
     if syslog_reachable() {
         send(r);
         None
     } else {
-        Some(format(r))
+        Some(for_postfix(r))
     }
+}
+
+/// The fields of [`format`]'s line that Postfix's own lines lack (queue id,
+/// sender, recipient, Message-ID and size are in them already), most
+/// useful first: pipe(8) keeps only the first 100 characters of a
+/// successful command's output (`pipe_command.c`).
+pub fn for_postfix(r: &Record) -> String {
+    let d = r.decision;
+    let field = |v: Option<&str>| v.map_or("-".to_string(), |s| printable(s, 40));
+    format!(
+        "route={} kind={} key={} found_in={} size={}",
+        field(d.and_then(|d| d.route).map(|r| r.as_str())),
+        field(d.and_then(|d| d.kind).map(|k| k.as_str())),
+        d.and_then(|d| d.key.as_ref())
+            .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
+        field(d.and_then(|d| d.found_in)),
+        r.size,
+    )
 }
 
 #[cfg(test)]

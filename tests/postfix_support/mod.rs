@@ -224,6 +224,13 @@ pub fn require_environment() {
 impl Instance {
     /// Build and start a private Postfix from the shipped files.
     pub fn start(variant: Variant) -> Instance {
+        Instance::start_wrapped(variant, &[])
+    }
+
+    /// Like [`Instance::start`], with `postfix start` run through `wrapper`
+    /// (a command and its arguments, like `unshare -m …`): master and every
+    /// delivery it starts inherit what the wrapper set up.
+    pub fn start_wrapped(variant: Variant, wrapper: &[&str]) -> Instance {
         require_environment();
         CLEAN_STALE.call_once(clean_stale);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -269,7 +276,15 @@ impl Instance {
                 warnings.trim().is_empty(),
                 "postconf -n ({variant:?}):\n{warnings}"
             );
-            let started = Command::new("postfix")
+            let mut start = match wrapper.split_first() {
+                None => Command::new("postfix"),
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg("postfix");
+                    c
+                }
+            };
+            let started = start
                 .arg("-c")
                 .arg(&inst.conf)
                 .arg("start")
