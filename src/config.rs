@@ -350,14 +350,14 @@ impl Config {
     }
 }
 
+/// How `from_text` makes a located error: line, setting, message, hint.
+type MakeError<'a> = dyn Fn(Option<usize>, Option<&str>, String, &str) -> ConfigError + 'a;
+
 /// The drain's metrics settings: the listener must be a loopback
 /// `address:port` (the drain holds GitLab's secret; its metrics name the
 /// routes and their failures, and nothing else should reach it), the
 /// textfile an absolute path.
-fn metrics_problems(
-    drain: &DrainConfig,
-    err: &dyn Fn(Option<usize>, Option<&str>, String, &str) -> ConfigError,
-) -> Vec<ConfigError> {
+fn metrics_problems(drain: &DrainConfig, err: &MakeError) -> Vec<ConfigError> {
     let mut problems = Vec::new();
     if let Some(listen) = &drain.metrics_listen {
         match listen.parse::<std::net::SocketAddr>() {

@@ -268,7 +268,7 @@ pub fn evaluate(config: &Config, t: Thresholds) -> Report {
         )),
     }
 
-    problems.sort_by(|a, b| b.0.cmp(&a.0));
+    problems.sort_by_key(|p| std::cmp::Reverse(p.0));
     let state = problems.first().map_or(State::Ok, |p| p.0);
     let queued: usize = counts.iter().map(RouteCounts::queued).sum();
     let summary = format!(

@@ -1176,7 +1176,15 @@ fn corpus_replay_lf_and_crlf() {
                 continue;
             }
             let dropped = "2.0.0 mailpipe: auto-reply dropped (";
-            expect(&run, 0, if v["action"] == "discard" { dropped } else { "" });
+            expect(
+                &run,
+                0,
+                if v["action"] == "discard" {
+                    dropped
+                } else {
+                    ""
+                },
+            );
             if v["action"] == "discard" {
                 assert!(s.files(IE).is_empty(), "{name}");
                 continue;

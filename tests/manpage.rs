@@ -154,7 +154,10 @@ fn configuration_section() -> String {
 /// One command's synopsis line: every option with its value name, as
 /// `[--config <FILE>]` (clap_mangen's own synopsis shows `[--config]`).
 fn synopsis_line(sub: &clap::Command) -> String {
-    let mut line = format!("\\fB{}\\fR", roff_escape(sub.get_bin_name().unwrap_or("mailpipe")).replace('-', "\\-"));
+    let mut line = format!(
+        "\\fB{}\\fR",
+        roff_escape(sub.get_bin_name().unwrap_or("mailpipe")).replace('-', "\\-")
+    );
     for arg in sub.get_arguments() {
         if arg.is_hide_set() {
             continue;

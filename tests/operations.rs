@@ -343,7 +343,10 @@ fn health_ok_warning_and_critical_by_age() {
     add_aged(&f, SERVICE_DESK, 2, 30);
     let (code, line) = health(&f, &[]);
     assert_eq!(code, 0, "{line}");
-    assert!(line.starts_with("MAILPIPE OK - 2 queued, oldest "), "{line}");
+    assert!(
+        line.starts_with("MAILPIPE OK - 2 queued, oldest "),
+        "{line}"
+    );
     assert!(line.contains("'incoming_email_queued'=1;;;0"), "{line}");
     assert!(line.contains("'oldest_age'=3"), "{line}");
     assert!(line.contains(";900;3600;0"), "{line}");
@@ -366,7 +369,10 @@ fn health_ok_warning_and_critical_by_age() {
     add_failed(&f, INCOMING, 7);
     let (code, line) = health(&f, &[]);
     assert_eq!(code, 1, "{line}");
-    assert!(line.contains("incoming_email: 1 failed message(s)"), "{line}");
+    assert!(
+        line.contains("incoming_email: 1 failed message(s)"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -392,7 +398,11 @@ fn health_unknown_without_a_configuration() {
     fs::remove_file(&f.config).unwrap();
     let out = f.run(&["health"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stdout(&out).starts_with("MAILPIPE UNKNOWN - "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("MAILPIPE UNKNOWN - "),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// Unmounts a tmpfs when dropped.
@@ -430,7 +440,10 @@ fn health_critical_on_a_full_spool() {
     drop(filler);
     let (code, line) = health(&f, &[]);
     assert_eq!(code, 2, "{line}");
-    assert!(line.starts_with("MAILPIPE CRITICAL - spool full: "), "{line}");
+    assert!(
+        line.starts_with("MAILPIPE CRITICAL - spool full: "),
+        "{line}"
+    );
     assert!(line.contains("'spool_free'=0%;10:;5:;0;100"), "{line}");
 
     // Room again: OK.

@@ -69,7 +69,13 @@ fn without_syslog_the_line_is_in_postfix_maillog_where_check_says() {
     // A reply: spooled, and mailpipe's own line is in Postfix's log.
     let key = hex_key();
     let to = incoming(&key);
-    let msg = message("Jake <tester@localhost>", &to, "Re: issue", "", "reply text\n");
+    let msg = message(
+        "Jake <tester@localhost>",
+        &to,
+        "Re: issue",
+        "",
+        "reply text\n",
+    );
     let qid = pf.send(TESTER, &[&to], &msg);
     let d = pf.wait_status(&qid, "sent", Duration::from_secs(30));
     assert_eq!(d.relay, "mailpipe", "{}", d.line);
@@ -86,7 +92,11 @@ fn without_syslog_the_line_is_in_postfix_maillog_where_check_says() {
     assert!(!d.text.contains(&key), "mailpipe masks the key: {}", d.line);
     assert_eq!(pf.spooled("incoming_email").len(), 1);
     let log = std::fs::read_to_string(&maillog).unwrap();
-    assert!(log.contains(&d.line), "the line is in {}", maillog.display());
+    assert!(
+        log.contains(&d.line),
+        "the line is in {}",
+        maillog.display()
+    );
 }
 
 #[test]

@@ -259,7 +259,10 @@ impl Metrics {
             "Messages deliver spooled, counted when the drain first sees them in new/.",
         );
         for (route, n) in &r.arrivals {
-            let _ = writeln!(out, "mailpipe_spool_arrivals_total{{route=\"{route}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "mailpipe_spool_arrivals_total{{route=\"{route}\"}} {n}"
+            );
         }
         drop(r);
 
