@@ -183,10 +183,58 @@ pub fn run(options: &Options) -> Report {
     check_trust(&config, &options.config, &user, &mut report);
     check_gitlab_url(&config, &mut report);
     check_smtputf8(&postfix, &mut report);
+    check_logging(&postfix, &mut report);
     if options.send_test {
         crate::probe::send(&config, &postfix, &mut report);
     }
     report
+}
+
+/// Where `deliver`'s log line goes. With a syslog daemon on /dev/log, to
+/// syslog. Without one, glibc's syslog(3) drops it; `deliver` then prints a
+/// spooled message's line on stdout, and pipe(8) logs it after
+/// `status=sent (delivered via <service> service (…))`, wherever Postfix
+/// logs: its `maillog_file` (postlogd) or syslog, lost too.
+fn check_logging(postfix: &Postfix, report: &mut Report) {
+    let socket = crate::log::SYSLOG_SOCKET;
+    if crate::log::syslog_reachable() {
+        report.ok(
+            "logging",
+            socket,
+            "a syslog daemon listens: deliver logs one line per message (facility mail, \
+             ident mailpipe)"
+                .into(),
+        );
+        return;
+    }
+    let maillog = postfix
+        .param("maillog_file")
+        .ok()
+        .filter(|f| !f.trim().is_empty());
+    match maillog {
+        Some(file) => report.warn(
+            "logging",
+            socket,
+            format!(
+                "no syslog daemon listens; deliver's lines go into Postfix's maillog_file \
+                 {file}, in Postfix's own line: a spooled message's route, kind and key \
+                 fingerprint after \"status=sent (delivered via <service> service (2.0.0 \
+                 mailpipe: route=…\", other outcomes as mailpipe's reason"
+            ),
+            "for mailpipe's full line on every outcome, run a syslog daemon \
+             (apt-get install rsyslog, or systemd-journald)",
+        ),
+        None => report.warn(
+            "logging",
+            socket,
+            "no syslog daemon listens and Postfix logs to syslog too: deliver's and \
+             Postfix's log lines are lost"
+                .into(),
+            "run a syslog daemon (apt-get install rsyslog), or let Postfix log to a file: \
+             postconf -e maillog_file=/var/log/postfix.log && postfix reload (the postlog \
+             service must be in master.cf, as Debian ships it); deliver's lines then go there",
+        ),
+    }
 }
 
 fn check_addresses(config: &Config, report: &mut Report) {

@@ -49,6 +49,13 @@ pub enum Command {
     /// (450 4.7.1); any failure answers DUNNO. A daemon: systemd's
     /// mailpipe-policy.socket, or --listen. Exit 1 when it cannot listen.
     Policy(PolicyArgs),
+    /// One-line health check for Nagios, Icinga or Zabbix: exit 0 OK, 1
+    /// WARNING, 2 CRITICAL, 3 UNKNOWN, with performance data.
+    ///
+    /// CRITICAL: a route GitLab refuses (401/403), a full spool, the oldest
+    /// message older than --critical-age. WARNING: older than
+    /// --warning-age, failed messages, little free space.
+    Health(HealthArgs),
 }
 
 /// Options of `mailpipe policy`.
@@ -61,6 +68,30 @@ pub struct PolicyArgs {
     /// instead of the socket systemd passes.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+}
+
+/// Options of `mailpipe health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// WARNING when the oldest queued message is older than this.
+    #[arg(short = 'w', long, value_name = "SECS", default_value_t = 900)]
+    pub warning_age: u64,
+    /// CRITICAL when the oldest queued message is older than this.
+    #[arg(short = 'c', long, value_name = "SECS", default_value_t = 3600)]
+    pub critical_age: u64,
+    /// WARNING when less than this share of the spool's space or inodes
+    /// is free.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub warning_free: u8,
+    /// CRITICAL below this share (and always when fewer than two messages
+    /// of limits.max_message_bytes fit).
+    #[arg(long, value_name = "PERCENT", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub critical_free: u8,
 }
 
 /// Options of `mailpipe drain`.
@@ -84,6 +115,9 @@ pub struct QueueArgs {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
 /// Options of `mailpipe requeue`.
@@ -173,6 +207,9 @@ pub enum ParseOutcome {
     Usage(String),
     /// A usage error of an admin command: clap's full text, for stderr.
     AdminUsage(String),
+    /// A usage error of `mailpipe health`: a monitoring plugin answers
+    /// UNKNOWN (3) to bad arguments (Nagios plugin guidelines).
+    PluginUsage(String),
 }
 
 /// Parses `args` without letting clap exit the process.
@@ -194,6 +231,9 @@ where
                 if !is_admin_command(args.get(1)) =>
             {
                 ParseOutcome::Usage("no command given (see mailpipe --help)".into())
+            }
+            _ if args.get(1).is_some_and(|a| a == "health") => {
+                ParseOutcome::PluginUsage(e.render().to_string())
             }
             _ if is_admin_command(args.get(1)) => ParseOutcome::AdminUsage(e.render().to_string()),
             _ => {

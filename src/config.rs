@@ -148,6 +148,12 @@ pub struct DrainConfig {
     /// Move delivered messages to `cur/` instead of deleting them (like
     /// mail_room's `delete_after_delivery: false`).
     pub keep_delivered: bool,
+    /// Serve Prometheus metrics on this loopback address (`127.0.0.1:9853`);
+    /// off when unset. Only loopback addresses are accepted.
+    pub metrics_listen: Option<String>,
+    /// Also write the metrics to this file (node_exporter's textfile
+    /// collector), replaced atomically; off when unset.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Default for DrainConfig {
@@ -162,6 +168,8 @@ impl Default for DrainConfig {
             poll_interval_secs: 2,
             hold_after_failures: 8,
             keep_delivered: false,
+            metrics_listen: None,
+            metrics_textfile: None,
         }
     }
 }
@@ -439,6 +447,7 @@ impl Config {
                 "use 1 to 1000",
             ));
         }
+        problems.extend(metrics_problems(&raw.drain, &err));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -487,6 +496,47 @@ fn custom_address_problem(addr: &str, routes: &[RouteConfig]) -> Option<&'static
         .iter()
         .any(|r| r.template.key_of(addr).is_some() || r.template.is_fixed_address(addr));
     taken.then_some("is also a GitLab mailbox address (incoming_email or service_desk_email)")
+}
+
+/// How `from_text` makes a located error: line, setting, message, hint.
+type MakeError<'a> = dyn Fn(Option<usize>, Option<&str>, String, &str) -> ConfigError + 'a;
+
+/// The drain's metrics settings: the listener must be a loopback
+/// `address:port` (the drain holds GitLab's secret; its metrics name the
+/// routes and their failures, and nothing else should reach it), the
+/// textfile an absolute path.
+fn metrics_problems(drain: &DrainConfig, err: &MakeError) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    if let Some(listen) = &drain.metrics_listen {
+        match listen.parse::<std::net::SocketAddr>() {
+            Err(_) => problems.push(err(
+                None,
+                Some("drain.metrics_listen"),
+                format!("{listen:?} is not an address:port"),
+                "use \"127.0.0.1:9853\" or \"[::1]:9853\"",
+            )),
+            Ok(addr) if !addr.ip().is_loopback() => problems.push(err(
+                None,
+                Some("drain.metrics_listen"),
+                format!("{listen:?} is not a loopback address"),
+                "the metrics listener binds only 127.0.0.0/8 or ::1; let Prometheus scrape \
+                 it on this host, or use drain.metrics_textfile with node_exporter",
+            )),
+            Ok(_) => {}
+        }
+    }
+    if let Some(file) = &drain.metrics_textfile
+        && (!file.is_absolute() || file.file_name().is_none())
+    {
+        problems.push(err(
+            None,
+            Some("drain.metrics_textfile"),
+            format!("{file:?} is not an absolute file path"),
+            "use a file in node_exporter's --collector.textfile.directory, like \
+             \"/var/lib/prometheus/node-exporter/mailpipe.prom\"",
+        ));
+    }
+    problems
 }
 
 /// 1-based line of a byte offset.

@@ -377,7 +377,7 @@ fn log_it(
     status: &Status,
     started: Instant,
 ) {
-    log::send(&log::Record {
+    let unsent = log::send_or_return(&log::Record {
         envelope,
         decision,
         config,
@@ -385,6 +385,17 @@ fn log_it(
         status,
         duration: started.elapsed(),
     });
+    // No syslog daemon: the line would be lost. A spooled message prints
+    // nothing else, so its line goes to Postfix instead, which logs it
+    // after `status=sent (delivered via … service (…))`. Other outcomes
+    // already print their one line (status::report), which Postfix logs.
+    if let Some(line) = unsent
+        && *status == Status::Accepted
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{} mailpipe: {}", status.enhanced_code(), line);
+        let _ = out.flush();
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! Layout, top to bottom (dependencies point downward):
 //! - `main.rs`: panic hook, parse, run, exit code;
 //! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
-//!   [`drain`] (drain, queue, requeue), [`policy`] (the Postfix policy
-//!   service that refuses at RCPT TO what deliver would bounce);
+//!   [`drain`] (drain, queue, requeue), [`health`] (the monitoring
+//!   plugin), [`policy`] (the Postfix policy service that refuses at RCPT
+//!   TO what deliver would bounce);
 //! - I/O: [`config`], [`spool`] and [`layout`] (the spool's layout and its
 //!   trust boundary), [`privilege`], [`log`], [`postfix`];
 //! - pure: [`decide`], [`gitlab`] (GitLab's key rules: templates and keys,
@@ -29,6 +30,7 @@ pub mod deliver;
 pub mod drain;
 pub mod gitlab;
 pub mod headers;
+pub mod health;
 pub mod layout;
 pub mod log;
 pub mod policy;

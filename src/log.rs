@@ -302,6 +302,79 @@ pub fn send(r: &Record) {
     }
 }
 
+/// Where syslog(3) sends its lines.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// True when a syslog daemon takes datagrams on [`SYSLOG_SOCKET`]: glibc's
+/// syslog(3) drops the line silently otherwise (no daemon in a container,
+/// a minimal host, or Postfix logging to its `maillog_file` alone).
+pub fn syslog_reachable() -> bool {
+    syslog_reachable_at(SYSLOG_SOCKET)
+}
+
+/// [`syslog_reachable`] for another socket path (`check` names it).
+pub fn syslog_reachable_at(path: &str) -> bool {
+    let Ok(c_path) = CString::new(path) else {
+        return false;
+    };
+    let bytes = c_path.as_bytes_with_nul();
+    // SAFETY: plain socket calls on a zeroed sockaddr_un whose path fits
+    // (checked); the descriptor is closed on every path.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        if bytes.len() > addr.sun_path.len() {
+            return false;
+        }
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let ok = libc::connect(
+            fd,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        ) == 0;
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Sends the line to syslog when a daemon listens; otherwise returns the
+/// part of it Postfix does not log itself ([`for_postfix`]), so `deliver`
+/// can hand it to Postfix on stdout: pipe(8) logs a successful command's
+/// output after `status=sent`, wherever Postfix logs (syslog or its
+/// `maillog_file`).
+pub fn send_or_return(r: &Record) -> Option<String> {
+    if syslog_reachable() {
+        send(r);
+        None
+    } else {
+        Some(for_postfix(r))
+    }
+}
+
+/// The fields of [`format`]'s line that Postfix's own lines lack (queue id,
+/// sender, recipient, Message-ID and size are in them already), most
+/// useful first: pipe(8) keeps only the first 100 characters of a
+/// successful command's output (`pipe_command.c`).
+pub fn for_postfix(r: &Record) -> String {
+    let d = r.decision;
+    let field = |v: Option<&str>| v.map_or("-".to_string(), |s| printable(s, 40));
+    format!(
+        "route={} kind={} key={} found_in={} size={}",
+        field(d.and_then(|d| d.route).map(|r| r.as_str())),
+        field(d.and_then(|d| d.kind).map(|k| k.as_str())),
+        d.and_then(|d| d.key.as_ref())
+            .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
+        field(d.and_then(|d| d.found_in)),
+        r.size,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, AdminOutcome, Deferral, Status};
-use mailpipe::{check, deliver, drain, policy, spool};
+use mailpipe::{check, deliver, drain, health, policy, spool};
 
 fn main() -> ExitCode {
     status::install_panic_hook(spool::abandon_in_flight);
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             return postfix(Status::Deferred(Deferral::Config, format!("usage: {text}")));
         }
         ParseOutcome::AdminUsage(text) => return admin(|| AdminOutcome::Usage(text)),
+        ParseOutcome::PluginUsage(text) => return admin(|| AdminOutcome::PluginUsage(text)),
         ParseOutcome::Run(cli) => cli.command,
     };
     match command {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Queue(args) => admin(|| drain::queue::command(&args)),
         Command::Requeue(args) => admin(|| drain::queue::requeue_command(&args)),
         Command::Policy(args) => admin(|| run_policy(&args)),
+        Command::Health(args) => admin(|| AdminOutcome::Plugin(health::command(&args))),
     }
 }
 

@@ -121,14 +121,17 @@ impl Status {
         }
     }
 
-    /// The line for Postfix, or `None` when we say nothing (success).
+    /// The line for Postfix, or `None` when we say nothing (spooled).
     ///
     /// Postfix copies this text into the bounce or defer notice, turning tabs
     /// and newlines into spaces and keeping only the first ~4 KB, so it is one
     /// short printable line.
     pub fn report_line(&self) -> Option<String> {
         match self {
-            Status::Accepted | Status::Discarded(_) => None,
+            Status::Accepted => None,
+            // Exit 0 with output: pipe(8) logs `status=sent (delivered via
+            // <service> service (<this text>))`, so Postfix's own log tells
+            // a dropped auto-reply from a delivery.
             _ => Some(format!(
                 "{} mailpipe: {}",
                 self.enhanced_code(),
@@ -171,7 +174,15 @@ pub enum AdminOutcome {
     Failed,
     /// The command line is wrong: this text goes to stderr.
     Usage(String),
+    /// A monitoring plugin's state (`mailpipe health`), the Nagios plugin
+    /// convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Plugin(u8),
+    /// A monitoring plugin's usage error: this text to stderr, UNKNOWN (3).
+    PluginUsage(String),
 }
+
+/// The Nagios plugin guidelines' UNKNOWN.
+const PLUGIN_UNKNOWN: u8 = 3;
 
 impl AdminOutcome {
     /// `Ok` when `ok`, else `Failed`.
@@ -189,6 +200,8 @@ impl AdminOutcome {
             AdminOutcome::Ok => EX_OK,
             AdminOutcome::Failed => EXIT_FAILURE,
             AdminOutcome::Usage(_) => EX_USAGE,
+            AdminOutcome::Plugin(state) => (*state).min(PLUGIN_UNKNOWN),
+            AdminOutcome::PluginUsage(_) => PLUGIN_UNKNOWN,
         }
     }
 }
@@ -196,7 +209,7 @@ impl AdminOutcome {
 /// Writes a usage error to stderr (nothing for the other outcomes, which
 /// reported themselves), ignoring a broken stderr.
 pub fn report_admin(outcome: &AdminOutcome) {
-    if let AdminOutcome::Usage(text) = outcome {
+    if let AdminOutcome::Usage(text) | AdminOutcome::PluginUsage(text) = outcome {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(text.as_bytes());
         if !text.ends_with('\n') {
@@ -304,6 +317,12 @@ mod tests {
         }
         assert_eq!(Status::Accepted.report_line(), None);
         assert_eq!(Status::Discarded("auto".into()).exit_code(), 0);
+        assert_eq!(
+            Status::Discarded("Auto-Submitted: auto-replied".into())
+                .report_line()
+                .as_deref(),
+            Some("2.0.0 mailpipe: Auto-Submitted: auto-replied")
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The EXIT STATUS table of the man page is taken from README.md's "Exit
-//! status" table, so the two always say the same thing.
+//! status" table, and its CONFIGURATION table from README.md's
+//! "Configuration" table, so the two always say the same thing.
 
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in
 // #[test] functions; this covers the helpers too).
@@ -92,6 +93,114 @@ fn readme_exit_table() -> Vec<Vec<String>> {
     rows
 }
 
+/// The rows of README.md's settings table (under "## Configuration", the
+/// one whose header is `| setting | default | meaning |`), header first.
+fn readme_config_table() -> Vec<Vec<String>> {
+    let readme = fs::read_to_string(root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("README.md has a \"## Configuration\" section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let rows: Vec<Vec<String>> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| setting |"))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| {
+            !l.trim_matches(|c| c == '|' || c == '-' || c == ' ')
+                .is_empty()
+        })
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 5, "README.md's settings table has no rows");
+    for row in &rows {
+        assert_eq!(row.len(), 3, "README.md settings row {row:?} needs 3 cells");
+    }
+    rows
+}
+
+/// The CONFIGURATION section: the file's format and README.md's table of
+/// every setting.
+fn configuration_section() -> String {
+    let mut s = String::from(
+        ".SH CONFIGURATION\n\
+         The configuration is TOML, by default \\fI/etc/mailpipe/mailpipe.toml\\fR\n\
+         (\\fB\\-\\-config\\fR \\fIFILE\\fR overrides it). The names follow GitLab\\(aqs\n\
+         \\fIgitlab.yml\\fR; the setting \\fBsection.name\\fR below is the line\n\
+         \\fBname = ...\\fR in the table \\fB[section]\\fR. An unknown setting is an error that names its line; while the\n\
+         file is broken, \\fBdeliver\\fR defers. The installed file shows every setting\n\
+         with its default. Run \\fBmailpipe check\\fR after every change.\n\
+         .PP\n",
+    );
+    s.push_str(".TS\nallbox;\nlb lb lb\nl l lx.\n");
+    for (i, row) in readme_config_table().iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|c| roff_cell(c)).collect();
+        if i == 0 {
+            s.push_str(&cells.join("\t"));
+        } else {
+            s.push_str(&format!(
+                "{}\t{}\tT{{\n{}\nT}}",
+                cells[0], cells[1], cells[2]
+            ));
+        }
+        s.push('\n');
+    }
+    s.push_str(".TE\n");
+    s
+}
+
+/// One command's synopsis line: every option with its value name, as
+/// `[--config <FILE>]` (clap_mangen's own synopsis shows `[--config]`).
+fn synopsis_line(sub: &clap::Command) -> String {
+    let mut line = format!(
+        "\\fB{}\\fR",
+        roff_escape(sub.get_bin_name().unwrap_or("mailpipe")).replace('-', "\\-")
+    );
+    for arg in sub.get_arguments() {
+        if arg.is_hide_set() {
+            continue;
+        }
+        let values: Vec<String> = arg
+            .get_value_names()
+            .map(|v| v.iter().map(|n| format!(" \\fI<{n}>\\fR")).collect())
+            .unwrap_or_default();
+        let takes_value = arg.get_action().takes_values();
+        if arg.is_positional() {
+            let name = arg.get_id().as_str().to_uppercase();
+            let name = arg
+                .get_value_names()
+                .and_then(|v| v.first().map(|n| n.to_string()))
+                .unwrap_or(name);
+            line.push_str(&format!(" \\fI<{name}>\\fR..."));
+            continue;
+        }
+        let flag = match (arg.get_short(), arg.get_long()) {
+            (Some(c), Some(l)) => format!("\\fB\\-{c}\\fR|\\fB\\-\\-{}\\fR", l.replace('-', "\\-")),
+            (None, Some(l)) => format!("\\fB\\-\\-{}\\fR", l.replace('-', "\\-")),
+            (Some(c), None) => format!("\\fB\\-{c}\\fR"),
+            (None, None) => continue,
+        };
+        let value = if takes_value {
+            if values.is_empty() {
+                format!(" \\fI<{}>\\fR", arg.get_id().as_str().to_uppercase())
+            } else {
+                values.concat()
+            }
+        } else {
+            String::new()
+        };
+        line.push_str(&format!(" [{flag}{value}]"));
+    }
+    line.push('\n');
+    line
+}
+
 /// The hand-written EXIT STATUS section, with README.md's table.
 fn exit_status_section() -> String {
     let mut s = String::from(
@@ -158,6 +267,18 @@ Postfix\(aqs configuration.
 The systemd unit of \fBmailpipe drain\fR, which runs as the user
 \fBmailpipe\-drain\fR (a member of the group \fBmailpipe\fR). It is installed
 but not enabled: enable it once \fBgitlab.url\fR and the secret files are set.
+Without systemd, run the same in the foreground (under a supervisor, or
+\fBnohup\fR):
+.RS
+.nf
+runuser \-u mailpipe\-drain \-\- mailpipe drain \-\-config=/etc/mailpipe/mailpipe.toml
+.fi
+.RE
+.TP
+\fI/usr/share/doc/mailpipe/drain.md\fR
+Setting up the drain: secret files, accounts, the unit, monitoring
+(\fBmailpipe health\fR, Prometheus metrics) and removing the package
+(remove the Postfix snippets first).
 .SH "SEE ALSO"
 \fBpipe\fR(8), \fBlocal\fR(8), \fBpostconf\fR(5), \fBmaster\fR(5)
 "#;
@@ -224,8 +345,7 @@ fn man_page() -> String {
     page.push_str(&section(render(|w| man.render_synopsis_section(w)), true));
     for sub in commands(&cmd) {
         page.push_str(".br\n");
-        let synopsis = render(|w| Man::new(sub).render_synopsis_section(w));
-        page.push_str(&section(synopsis, false));
+        page.push_str(&synopsis_line(&sub));
     }
     page.push_str(DESCRIPTION_SECTION);
     page.push_str(&section(render(|w| man.render_options_section(w)), true));
@@ -243,6 +363,7 @@ fn man_page() -> String {
             false,
         ));
     }
+    page.push_str(&configuration_section());
     page.push_str(&exit_status_section());
     page.push_str(FILES_SECTION);
     page

@@ -28,6 +28,9 @@ _mailpipe() {
             mailpipe,explain)
                 cmd="mailpipe__subcmd__explain"
                 ;;
+            mailpipe,health)
+                cmd="mailpipe__subcmd__health"
+                ;;
             mailpipe,help)
                 cmd="mailpipe__subcmd__help"
                 ;;
@@ -52,6 +55,9 @@ _mailpipe() {
             mailpipe__subcmd__help,explain)
                 cmd="mailpipe__subcmd__help__subcmd__explain"
                 ;;
+            mailpipe__subcmd__help,health)
+                cmd="mailpipe__subcmd__help__subcmd__health"
+                ;;
             mailpipe__subcmd__help,help)
                 cmd="mailpipe__subcmd__help__subcmd__help"
                 ;;
@@ -71,7 +77,7 @@ _mailpipe() {
 
     case "${cmd}" in
         mailpipe)
-            opts="-h -V --help --version deliver explain check drain queue requeue policy help"
+            opts="-h -V --help --version deliver explain check drain queue requeue policy health help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -200,8 +206,50 @@ _mailpipe() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mailpipe__subcmd__health)
+            opts="-w -c -h --config --warning-age --critical-age --warning-free --critical-free --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warning-age)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --critical-age)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --warning-free)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --critical-free)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mailpipe__subcmd__help)
-            opts="deliver explain check drain queue requeue policy help"
+            opts="deliver explain check drain queue requeue policy health help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -257,6 +305,20 @@ _mailpipe() {
             return 0
             ;;
         mailpipe__subcmd__help__subcmd__explain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mailpipe__subcmd__help__subcmd__health)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -349,7 +411,7 @@ _mailpipe() {
             return 0
             ;;
         mailpipe__subcmd__queue)
-            opts="-h --config --help"
+            opts="-h --config --format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -357,6 +419,10 @@ _mailpipe() {
             case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)

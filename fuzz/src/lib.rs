@@ -235,7 +235,13 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
         s.exit_code
     );
     if let Some(line) = d.status.report_line() {
-        let class = if s.exit_code == 75 { "4." } else { "5." };
+        // Exit 0 speaks only for a dropped auto-reply (2.0.0, which pipe(8)
+        // logs after status=sent).
+        let class = match s.exit_code {
+            75 => "4.",
+            0 => "2.",
+            _ => "5.",
+        };
         assert!(line.starts_with(class), "{form}: report {line:?}");
         assert!(
             !line.contains(['\n', '\r', '\0']),

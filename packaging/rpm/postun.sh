@@ -24,3 +24,16 @@ if [ "$1" -eq 0 ]; then
         rmdir "$dir" 2>/dev/null || :
     done
 fi
+
+# Erase: Postfix still routing to the removed binary defers the GitLab
+# domain's mail, then bounces it; and the secret files the admin installed
+# stay. Say both (docs/drain.md, "Removing mailpipe").
+if [ "$1" -eq 0 ]; then
+    if command -v postconf >/dev/null 2>&1 && [ -n "$(postconf -M mailpipe/unix 2>/dev/null)" ]; then
+        echo "mailpipe: Postfix still has the mailpipe service in master.cf: mail for the GitLab domain will be deferred, then bounced; remove the snippets (postconf -MX mailpipe/unix, and the GitLab domain from relay_domains and transport_maps), then postfix reload" >&2
+    fi
+    for f in /etc/mailpipe/*.secret; do
+        [ -e "$f" ] || continue
+        echo "mailpipe: kept $f (a copy of GitLab's mail_room secret, not the package's): remove it by hand (rm $f; rmdir /etc/mailpipe)" >&2
+    done
+fi

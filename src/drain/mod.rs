@@ -51,8 +51,10 @@ pub mod auth;
 pub mod breaker;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -292,7 +294,10 @@ pub fn run(
             ));
         }
     }
+    let metrics = metrics::Metrics::new(&config.routes.iter().map(|r| r.route).collect::<Vec<_>>());
+    let exporter = metrics::Exporter::start(&config.drain).map_err(DrainError::Setup)?;
     let ctx = Context {
+        metrics,
         routes,
         client: Client::new(&url, &config.drain),
         policy: Policy::from_config(&config.drain),
@@ -314,6 +319,10 @@ pub fn run(
         config.drain.concurrency,
         if options.once { ", once" } else { "" }
     ));
+    if let Some(exporter) = &exporter {
+        journal.info(&format!("metrics: {}", exporter.describe()));
+    }
+    let exporter_done = AtomicBool::new(false);
 
     let workers = config.drain.concurrency.max(1);
     let (job_tx, job_rx) = bounded::<(Job, bool)>(workers + MAX_HUNG);
@@ -335,6 +344,15 @@ pub fn run(
         for _ in 0..workers {
             spawn().map_err(DrainError::Setup)?;
         }
+        if let Some(exporter) = &exporter {
+            let (ctx, done) = (&ctx, &exporter_done);
+            std::thread::Builder::new()
+                .name("drain-metrics".into())
+                .spawn_scoped(scope, move || {
+                    exporter.run(config, &ctx.metrics, ctx.stop, done, ctx.journal)
+                })
+                .map_err(DrainError::Setup)?;
+        }
         let mut dispatcher = Dispatcher::new(&ctx, options, poll, workers);
         dispatcher.run(&job_tx, &done_rx, &mut || spawn().is_ok());
         drop(done_tx);
@@ -351,6 +369,7 @@ pub fn run(
         if options.once {
             dispatcher.count_left();
         }
+        exporter_done.store(true, Ordering::SeqCst);
         Ok(dispatcher.summary)
     })
 }
@@ -362,6 +381,7 @@ struct RouteContext {
 
 /// What every worker shares.
 struct Context<'a> {
+    metrics: metrics::Metrics,
     routes: Vec<RouteContext>,
     client: Client,
     policy: Policy,
@@ -412,6 +432,22 @@ enum Outcome {
     Skipped,
     /// A spool error; the message is kept.
     Error,
+}
+
+impl Outcome {
+    /// The `outcome` label of `mailpipe_drain_attempts_total`; `None` for
+    /// what was not an attempt.
+    fn metric(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Delivered => Some("delivered"),
+            Outcome::Rejected => Some("rejected"),
+            Outcome::GaveUp { .. } => Some("gave_up"),
+            Outcome::Deferred { .. } => Some("deferred"),
+            Outcome::Misconfigured { .. } => Some("misconfigured"),
+            Outcome::Error => Some("error"),
+            Outcome::NotDue { .. } | Outcome::Skipped => None,
+        }
+    }
 }
 
 struct Done {
@@ -509,6 +545,7 @@ fn attempt(
                     Err(e) => (None, Verdict::Retry(e.to_string()), None, false),
                     Ok(body) => {
                         let reply = ctx.client.post(job.route, &token, size, body);
+                        ctx.metrics.record_post(job.route, reply.code());
                         (
                             reply.code(),
                             http::classify(&reply),
@@ -931,6 +968,14 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 }
             }
         }
+        for route in &ctx.routes {
+            let r = route.spool.route();
+            let first_seen = known
+                .keys()
+                .filter(|j| j.route == r && !self.next_attempt.contains_key(*j))
+                .count();
+            ctx.metrics.record_arrivals(r, first_seen);
+        }
         // Forget messages that left new/ (delivered, failed, or taken by
         // another drain); keep what in-flight results will update.
         self.next_attempt = known;
@@ -950,6 +995,9 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
             self.latency.observe(took);
         }
         let route = done.job.route;
+        if let Some(outcome) = done.outcome.metric() {
+            self.ctx.metrics.record_outcome(route, outcome);
+        }
         let failure = match done.outcome {
             Outcome::Delivered => {
                 self.summary.delivered += 1;
@@ -1059,6 +1107,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     ));
                 }
                 self.write_hold(route, end, reason);
+                ctx.metrics.set_route_held(route, true, misconfigured);
             }
             Event::Extended { until, reason } => {
                 self.write_hold(route, wall(*until), reason);

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use crate::cli::{QueueArgs, RequeueArgs};
+use crate::cli::{Format, QueueArgs, RequeueArgs};
 use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
@@ -87,7 +87,7 @@ pub fn command(args: &QueueArgs) -> AdminOutcome {
         .map_err(QueueError::Config)
         .and_then(|config| {
             leave_root(&config)?;
-            show(&config, &mut io::stdout().lock())
+            show(&config, args.format, &mut io::stdout().lock())
         });
     report(result)
 }
@@ -141,12 +141,13 @@ struct Counts {
     oldest: Option<u64>,
 }
 
-/// Writes the queue report for every configured route.
+/// Writes the queue report for every configured route, as text or as one
+/// JSON object ([`render_json`]).
 ///
 /// # Errors
 /// `Store` when the spool root or a folder cannot be read, `Output` when
 /// writing fails.
-pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
+pub fn show(config: &Config, format: Format, out: &mut dyn Write) -> Result<(), QueueError> {
     let now = unix_now();
     let mut rows = Vec::new();
     let mut deferred = Vec::new();
@@ -157,7 +158,7 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
     for route in Route::ALL {
         let configured = config.route(route).is_some();
         let mut counts = Counts::default();
-        if let Some(spool) = RouteSpool::existing(&config.spool.dir, route)? {
+        if let Some(spool) = RouteSpool::for_reading(&config.spool.dir, route)? {
             match spool.state_dir().map(breaker::read_hold) {
                 Some(Ok(Some(hold))) if hold.in_force(now) => holds.push((route, hold)),
                 Some(Err(e)) => unreadable_holds.push((route, e)),
@@ -210,6 +211,9 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
         }
     }
 
+    if format == Format::Json {
+        return render_json(out, now, &rows, &unconfigured, &holds, &deferred, &failed);
+    }
     writeln!(
         out,
         "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -297,6 +301,65 @@ pub fn show(config: &Config, out: &mut dyn Write) -> Result<(), QueueError> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// The queue report as one JSON object, for scripts and monitoring: the
+/// same counts, deferred and failed messages as the text (ages and times
+/// in seconds; names and reasons made printable like the text's).
+fn render_json(
+    out: &mut dyn Write,
+    now: u64,
+    rows: &[(Route, Counts)],
+    unconfigured: &[Route],
+    holds: &[(Route, HoldRecord)],
+    deferred: &[Listed],
+    failed: &[Listed],
+) -> Result<(), QueueError> {
+    use serde_json::{Value, json};
+    let message = |m: &Listed| {
+        let s = m.state.clone().unwrap_or_default();
+        let mut v = json!({
+            "route": m.route.as_str(),
+            "name": printable(&m.name, 200),
+            "age_secs": now.saturating_sub(m.arrived),
+            "attempts": m.state.as_ref().map(|s| s.attempts),
+            "last_status": s.last_status,
+            "last_error": m.state.as_ref().map(|s| printable(&s.last_error, 300)),
+        });
+        if s.next_attempt > 0 && s.failed_at.is_none() {
+            v["next_attempt_in_secs"] = json!(s.next_attempt.saturating_sub(now));
+        }
+        if let Some(t) = s.failed_at {
+            v["failed_at"] = json!(t);
+        }
+        v
+    };
+    let routes: Vec<Value> = rows
+        .iter()
+        .map(|(route, c)| {
+            let hold = holds.iter().find(|(r, _)| r == route).map(|(_, h)| h);
+            json!({
+                "route": route.as_str(),
+                "held_until": hold.map(|h| h.until),
+                "held_reason": hold.map(|h| printable(&h.reason, 300)),
+                "configured": !unconfigured.contains(route),
+                "waiting": c.waiting,
+                "deferred": c.deferred,
+                "active": c.active,
+                "orphaned": c.orphaned,
+                "failed": c.failed,
+                "oldest_age_secs": c.oldest.map(|t| now.saturating_sub(t)),
+            })
+        })
+        .collect();
+    let report = json!({
+        "now": now,
+        "routes": routes,
+        "deferred": deferred.iter().map(message).collect::<Vec<_>>(),
+        "failed": failed.iter().map(message).collect::<Vec<_>>(),
+    });
+    writeln!(out, "{report}")?;
     Ok(())
 }
 

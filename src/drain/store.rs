@@ -235,14 +235,42 @@ impl RouteSpool {
         })
     }
 
-    /// The route's folders that exist, without creating anything (for
-    /// `mailpipe queue`, which must not write). `None` without the route
-    /// folder.
+    /// The route's folders that exist, without creating anything, vetted
+    /// as [`RouteSpool::open`] does (for `requeue`, which moves files).
+    /// `None` without the route folder.
     ///
     /// # Errors
     /// As [`RouteSpool::open`], but a missing folder is no error.
     pub fn existing(root: &Path, route: Route) -> Result<Option<RouteSpool>, StoreError> {
-        let root_dir = open_root(root)?;
+        RouteSpool::existing_as(root, route, true)
+    }
+
+    /// The route's folders that exist, for reading only (`queue`, `health`,
+    /// the metrics): any account that can enter them may look, since every
+    /// folder is still opened without following links and every entry
+    /// read through `layout::Dir::open_file`; what could be swapped cannot
+    /// lead the reader out of the spool. Nothing may be moved or removed
+    /// through it.
+    ///
+    /// # Errors
+    /// `RootMissing` without the root, `Io` when a folder cannot be opened.
+    pub fn for_reading(root: &Path, route: Route) -> Result<Option<RouteSpool>, StoreError> {
+        RouteSpool::existing_as(root, route, false)
+    }
+
+    fn existing_as(
+        root: &Path,
+        route: Route,
+        strict: bool,
+    ) -> Result<Option<RouteSpool>, StoreError> {
+        let root_dir = if strict {
+            open_root(root)?
+        } else {
+            Dir::open_root(root).map_err(|err| StoreError::RootMissing {
+                path: root.to_path_buf(),
+                err,
+            })?
+        };
         let path = root.join(route.as_str());
         let Some(route_dir) = root_dir
             .open_sub_if_exists(route.as_str())
@@ -250,13 +278,15 @@ impl RouteSpool {
         else {
             return Ok(None);
         };
-        vet(&route_dir, true)?;
+        if strict {
+            vet(&route_dir, true)?;
+        }
         let mut folders: [Option<Dir>; 6] = Default::default();
         for folder in Folder::ALL {
             let dir = route_dir
                 .open_sub_if_exists(folder.as_str())
                 .map_err(io_err("open", path.join(folder.as_str())))?;
-            if let Some(dir) = &dir {
+            if strict && let Some(dir) = &dir {
                 vet(dir, !folder.deliver_writes())?;
             }
             folders[slot(folder)] = dir;

@@ -246,13 +246,24 @@ pub fn require_environment() {
 impl Instance {
     /// Build and start a private Postfix from the shipped files.
     pub fn start(variant: Variant) -> Instance {
-        Instance::start_opts(variant, false)
+        Instance::start_full(variant, false, &[])
     }
 
     /// As [`Instance::start`], with the shipped `main.policy.cf` added to
     /// main.cf when `policy` is set (the policy service itself is the
     /// test's to start, on [`Instance::policy_socket`]).
     pub fn start_opts(variant: Variant, policy: bool) -> Instance {
+        Instance::start_full(variant, policy, &[])
+    }
+
+    /// Like [`Instance::start`], with `postfix start` run through `wrapper`
+    /// (a command and its arguments, like `unshare -m …`): master and every
+    /// delivery it starts inherit what the wrapper set up.
+    pub fn start_wrapped(variant: Variant, wrapper: &[&str]) -> Instance {
+        Instance::start_full(variant, false, wrapper)
+    }
+
+    fn start_full(variant: Variant, policy: bool, wrapper: &[&str]) -> Instance {
         require_environment();
         CLEAN_STALE.call_once(clean_stale);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -299,7 +310,15 @@ impl Instance {
                 warnings.trim().is_empty(),
                 "postconf -n ({variant:?}):\n{warnings}"
             );
-            let started = Command::new("postfix")
+            let mut start = match wrapper.split_first() {
+                None => Command::new("postfix"),
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg("postfix");
+                    c
+                }
+            };
+            let started = start
                 .arg("-c")
                 .arg(&inst.conf)
                 .arg("start")
