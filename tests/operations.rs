@@ -25,8 +25,8 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// Spools message `n` into `route/new/` as if it arrived `age` seconds ago.
 fn add_aged(f: &Fixture, route: &str, n: usize, age: u64) -> String {
+    f.make_route(route);
     let new = f.folder(route, "new");
-    fs::create_dir_all(&new).unwrap();
     let name = format!(
         "{}.M{:06}P{}R{:016x}.testhost",
         unix_now() - age,
@@ -41,9 +41,7 @@ fn add_aged(f: &Fixture, route: &str, n: usize, age: u64) -> String {
 /// Puts a message straight into `route/failed/` with the sidecar a drain
 /// leaves there.
 fn add_failed(f: &Fixture, route: &str, n: usize) {
-    for dir in ["failed", "state"] {
-        fs::create_dir_all(f.folder(route, dir)).unwrap();
-    }
+    f.make_route(route);
     let name = format!("1700000000.M{n:06}P1R{n:016x}.testhost");
     fs::write(f.folder(route, "failed").join(&name), message(route, n)).unwrap();
     fs::write(
@@ -243,6 +241,8 @@ fn metrics_textfile_after_a_once_run_counts_every_delivery() {
     let f0 = Fixture::new("metrics-textfile", &gitlab.url(), "");
     let textfile = f0.dir.join("node-exporter").join("mailpipe.prom");
     fs::create_dir_all(textfile.parent().unwrap()).unwrap();
+    // Run as root, the drain becomes the spool's owner: the folder is its.
+    give_to_drain(textfile.parent().unwrap(), 0o755);
     let f = f0;
     f.write_config_text(&f.config_text(true).replace(
         "[drain]\n",
@@ -426,6 +426,8 @@ fn health_critical_on_a_full_spool() {
         .unwrap();
     assert!(mounted.success(), "mounting a tmpfs needs root");
     let _guard = Mounted(&f.spool);
+    // The packaged layout on the new file system's root.
+    give_to_drain(&f.spool, mailpipe::layout::DRAIN_DIR_MODE);
     f.write_config_text(&format!(
         "{}\n[limits]\nmax_message_bytes = 524288\n",
         f.config_text(true)

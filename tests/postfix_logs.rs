@@ -35,7 +35,9 @@ const NO_SYSLOG: [&str; 8] = [
 
 /// mailpipe's 32-bit key fingerprint, as its log lines show it.
 fn fingerprint(key: &str) -> String {
-    mailpipe::gitlab::address::Key::new(key).unwrap().fingerprint()
+    mailpipe::gitlab::address::Key::new(key)
+        .unwrap()
+        .fingerprint()
 }
 
 fn mailpipe_check(pf: &Instance) -> String {

@@ -199,7 +199,11 @@ fn row1_requeue_all_as_root_never_follows_planted_state_or_new_links() {
             "{args:?} must refuse: {}",
             stderr(&out)
         );
-        assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+        // queue only reads (through descriptors, never following the
+        // link) and fails on the link; requeue and drain refuse the route.
+        if args[0] != "queue" {
+            assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+        }
         victim.assert_intact(&before);
     }
     // new/ pointing into a root-only folder: nothing is renamed into it.
