@@ -65,11 +65,11 @@ pub fn format(r: &Record) -> String {
         address(env.sender.as_ref()),
         address(recipient),
         r.size,
-        word(d.and_then(|d| d.route).map(|r| r.as_str())),
-        word(d.and_then(|d| d.kind).map(|k| k.as_str())),
-        d.and_then(|d| d.key.as_ref())
+        word(d.and_then(Decision::route).map(|r| r.as_str())),
+        word(d.and_then(Decision::kind).map(|k| k.as_str())),
+        d.and_then(Decision::key)
             .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
-        word(d.and_then(|d| d.found_in)),
+        word(d.and_then(Decision::found_in).map(|f| f.as_str())),
         r.status.action(),
         always_quoted(&text(reason, 300)),
         r.duration.as_secs_f64() * 1000.0,
@@ -149,7 +149,7 @@ fn ends_candidate(c: char) -> bool {
 impl Masks {
     fn collect(config: Option<&Config>, decision: Option<&Decision>, texts: &[&str]) -> Masks {
         let mut raw: Vec<String> = Vec::new();
-        if let Some(key) = decision.and_then(|d| d.key.as_ref()) {
+        if let Some(key) = decision.and_then(Decision::key) {
             raw.push(key.as_str().to_string());
         }
         if let Some(config) = config {
@@ -384,7 +384,7 @@ mod tests {
             decision: Some(&d),
             config: Some(&config),
             size: 1,
-            status: &d.status,
+            status: d.status(),
             duration: Duration::ZERO,
         })
     }
