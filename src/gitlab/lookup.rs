@@ -654,6 +654,31 @@ mod tests {
     }
 
     #[test]
+    fn found_in_renders_the_names_explain_and_the_log_always_showed() {
+        let all = [
+            (FoundIn::Envelope, "envelope"),
+            (FoundIn::To, "To"),
+            (FoundIn::References, "References"),
+            (FoundIn::DeliveredTo, "Delivered-To"),
+            (FoundIn::XDeliveredTo, "X-Delivered-To"),
+            (FoundIn::EnvelopeTo, "Envelope-To"),
+            (FoundIn::XEnvelopeTo, "X-Envelope-To"),
+            (FoundIn::Received, "Received"),
+            (FoundIn::XOriginalTo, "X-Original-To"),
+            (FoundIn::XForwardedTo, "X-Forwarded-To"),
+            (FoundIn::Cc, "Cc"),
+        ];
+        for (place, name) in all {
+            assert_eq!(place.as_str(), name);
+            assert_eq!(place.to_string(), name);
+            assert_eq!(
+                serde_json::to_string(&place).ok(),
+                Some(format!("\"{name}\""))
+            );
+        }
+    }
+
+    #[test]
     fn message_ids_scan() {
         assert_eq!(message_ids("<a@x> <b@y>"), ["a@x", "b@y"]);
         assert_eq!(message_ids("\"<a@x>,<b@y>\""), ["a@x", "b@y"]);
