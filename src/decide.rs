@@ -11,19 +11,35 @@ use serde::Serialize;
 use crate::config::{Config, Route};
 use crate::gitlab::address::Key;
 use crate::gitlab::kind::{self, Kind};
-use crate::gitlab::lookup::{self, Envelope, GitlabSetup, GitlabVersion};
+use crate::gitlab::lookup::{self, Envelope, FoundIn, GitlabSetup, GitlabVersion};
 use crate::headers::HeaderSection;
 use crate::status::{Deferral, Rejection, Status};
 
 /// What to do with the message, before the spool has its say.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    /// `Accepted` here means "store it"; the spool may still fail.
-    pub status: Status,
-    pub route: Option<Route>,
+    pub verdict: Verdict,
+    pub message_id: Option<String>,
+}
+
+/// Store the message, or not: a message is accepted only with a route.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Store it ([`Status::Accepted`]); the spool may still fail.
+    Store(Spooled),
+    /// Drop, bounce or defer it.
+    Refuse(Refusal),
+}
+
+/// How an accepted message is stored.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    pub route: Route,
+    /// The key it is routed by; `None` only for a keyless message to a
+    /// custom Service Desk address (then `custom_address` is set).
     pub key: Option<Key>,
-    pub kind: Option<Kind>,
-    pub found_in: Option<&'static str>,
+    pub kind: Kind,
+    pub found_in: FoundIn,
     /// A `Delivered-To:` line (without line ending) to put on top of the
     /// stored copy, when GitLab would otherwise miss the key.
     pub prepend: Option<String>,
@@ -39,7 +55,20 @@ pub struct Decision {
     /// Set when GitLab's receiver will read a different key from the stored
     /// copy's To or References than the one mailpipe routed by.
     pub gitlab_sees_other_key: bool,
-    pub message_id: Option<String>,
+}
+
+/// A message not stored, with what the key lookup had found before the
+/// refusal (`explain` and the log show it: a key without a handler, a
+/// dedicated-address reply GitLab could not place, a custom address not
+/// in To).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Never [`Status::Accepted`]: an accepted message is [`Verdict::Store`].
+    pub status: Status,
+    pub route: Option<Route>,
+    pub key: Option<Key>,
+    pub kind: Option<Kind>,
+    pub found_in: Option<FoundIn>,
 }
 
 /// The JSON object `mailpipe explain` prints.
@@ -49,7 +78,7 @@ pub struct Explanation {
     pub exit_code: u8,
     pub route: Option<&'static str>,
     pub key: Option<String>,
-    pub found_in: Option<&'static str>,
+    pub found_in: Option<FoundIn>,
     pub kind: Option<&'static str>,
     pub reason: String,
     pub prepend: Option<String>,
@@ -60,20 +89,77 @@ pub struct Explanation {
 
 impl Decision {
     /// A decision that stops before any key is known (also what `explain`
-    /// reports when the config or stdin failed).
+    /// reports when the config or stdin failed). `status` is not
+    /// `Accepted`.
     pub fn refuse(status: Status) -> Decision {
+        Decision::refused(
+            Refusal {
+                status,
+                route: None,
+                key: None,
+                kind: None,
+                found_in: None,
+            },
+            None,
+        )
+    }
+
+    fn refused(refusal: Refusal, message_id: Option<String>) -> Decision {
         Decision {
-            status,
-            crlf: false,
-            route: None,
-            key: None,
-            kind: None,
-            found_in: None,
-            prepend: None,
-            prepend_at: 0,
-            custom_address: None,
-            gitlab_sees_other_key: false,
-            message_id: None,
+            verdict: Verdict::Refuse(refusal),
+            message_id,
+        }
+    }
+
+    fn stored(spooled: Spooled, message_id: Option<String>) -> Decision {
+        Decision {
+            verdict: Verdict::Store(spooled),
+            message_id,
+        }
+    }
+
+    /// `Accepted` here means "store it"; the spool may still fail.
+    pub fn status(&self) -> &Status {
+        static ACCEPTED: Status = Status::Accepted;
+        match &self.verdict {
+            Verdict::Store(_) => &ACCEPTED,
+            Verdict::Refuse(r) => &r.status,
+        }
+    }
+
+    /// How to store the message, when it is to be stored.
+    pub fn spooled(&self) -> Option<&Spooled> {
+        match &self.verdict {
+            Verdict::Store(s) => Some(s),
+            Verdict::Refuse(_) => None,
+        }
+    }
+
+    pub fn route(&self) -> Option<Route> {
+        match &self.verdict {
+            Verdict::Store(s) => Some(s.route),
+            Verdict::Refuse(r) => r.route,
+        }
+    }
+
+    pub fn key(&self) -> Option<&Key> {
+        match &self.verdict {
+            Verdict::Store(s) => s.key.as_ref(),
+            Verdict::Refuse(r) => r.key.as_ref(),
+        }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        match &self.verdict {
+            Verdict::Store(s) => Some(s.kind),
+            Verdict::Refuse(r) => r.kind,
+        }
+    }
+
+    pub fn found_in(&self) -> Option<FoundIn> {
+        match &self.verdict {
+            Verdict::Store(s) => Some(s.found_in),
+            Verdict::Refuse(r) => r.found_in,
         }
     }
 
@@ -82,15 +168,15 @@ impl Decision {
         Explanation {
             action: final_status.action(),
             exit_code: final_status.exit_code(),
-            route: self.route.map(Route::as_str),
-            key: self.key.as_ref().map(|k| k.as_str().to_string()),
-            found_in: self.found_in,
-            kind: self.kind.map(Kind::as_str),
+            route: self.route().map(Route::as_str),
+            key: self.key().map(|k| k.as_str().to_string()),
+            found_in: self.found_in(),
+            kind: self.kind().map(Kind::as_str),
             reason: match final_status {
                 Status::Accepted => "would be spooled".to_string(),
                 other => other.reason().to_string(),
             },
-            prepend: self.prepend.clone(),
+            prepend: self.spooled().and_then(|s| s.prepend.clone()),
             policy: None,
         }
     }
@@ -164,28 +250,37 @@ fn by_key(
         Route::ServiceDeskEmail => Some(Kind::ServiceDesk),
         Route::IncomingEmail => kind::classify(found.key.as_str()),
     };
-    let mut decision = Decision {
-        status: Status::Accepted,
-        route: Some(found.route),
+    // A refusal after the key was found still names it (explain, log).
+    let refused = |status: Status, kind: Option<Kind>, message_id: Option<String>| {
+        let refusal = Refusal {
+            status,
+            route: Some(found.route),
+            key: Some(found.key.clone()),
+            kind,
+            found_in: Some(found.found_in),
+        };
+        Decision::refused(refusal, message_id)
+    };
+    let Some(kind) = kind else {
+        let status = Status::Rejected(
+            Rejection::UnknownKey,
+            no_handler_reason(config, &found, envelope),
+        );
+        return refused(status, None, message_id);
+    };
+    let mut spooled = Spooled {
+        route: found.route,
         key: Some(found.key.clone()),
         kind,
-        found_in: Some(found.found_in),
+        found_in: found.found_in,
         prepend: None,
         prepend_at: headers.lead,
         custom_address: None,
         crlf: headers.crlf,
         gitlab_sees_other_key: false,
-        message_id,
     };
-    if kind.is_none() {
-        decision.status = Status::Rejected(
-            Rejection::UnknownKey,
-            no_handler_reason(config, &found, envelope),
-        );
-        return decision;
-    }
     let Some(route) = config.route(found.route) else {
-        return decision;
+        return Decision::stored(spooled, message_id);
     };
     let keyed = route.template.has_key();
     let setup = GitlabSetup {
@@ -196,33 +291,35 @@ fn by_key(
     // What the oldest and the newest supported GitLab will read from the
     // stored copy; the same key from both, or we must help.
     let views = GitlabVersion::ALL.map(|v| lookup::gitlab_key_as(v, headers, &setup));
-    let agrees =
-        |view: &Option<(String, &str)>| view.as_ref().is_some_and(|(k, _)| k == found.key.as_str());
+    let agrees = |view: &Option<(String, FoundIn)>| {
+        view.as_ref().is_some_and(|(k, _)| k == found.key.as_str())
+    };
     if views.iter().all(agrees) {
-        return decision;
+        return Decision::stored(spooled, message_id);
     }
     // A version that finds a different key in To or References wins over
     // anything we add: those come before every Delivered-To.
-    let other_first = views
-        .iter()
-        .any(|v| matches!(v, Some((k, "To" | "References")) if k != found.key.as_str()));
+    let other_first = views.iter().any(
+        |v| matches!(v, Some((k, FoundIn::To | FoundIn::References)) if k != found.key.as_str()),
+    );
     if keyed {
-        decision.prepend = Some(format!(
+        spooled.prepend = Some(format!(
             "Delivered-To: {}",
             route.template.render(&found.key)
         ));
-        decision.gitlab_sees_other_key = other_first;
+        spooled.gitlab_sees_other_key = other_first;
     } else if views.iter().any(Option::is_none) {
         // Dedicated address: there is no address to put the key in, and
         // GitLab would answer the sender with a rejection; say why now.
-        decision.status = Status::Rejected(
+        let status = Status::Rejected(
             Rejection::UnknownKey,
             dedicated_reason(config, &route.template, &found, headers),
         );
+        return refused(status, Some(kind), message_id);
     } else {
-        decision.gitlab_sees_other_key = true;
+        spooled.gitlab_sees_other_key = true;
     }
-    decision
+    Decision::stored(spooled, message_id)
 }
 
 /// A keyless message for a custom Service Desk address: stored when a
@@ -234,13 +331,8 @@ fn custom_decision(
     headers: &HeaderSection,
     message_id: Option<String>,
 ) -> Decision {
-    let mut d = Decision::refuse(Status::Accepted);
-    d.message_id = message_id;
-    d.found_in = Some(hit.found_in);
-    d.crlf = headers.crlf;
-    d.prepend_at = headers.lead;
     if !hit.in_to {
-        d.status = Status::Rejected(
+        let status = Status::Rejected(
             Rejection::UnknownKey,
             format!(
                 "the message is for the custom Service Desk address <{}>, but no To header \
@@ -248,12 +340,27 @@ fn custom_decision(
                 crate::status::printable(&hit.address, 200)
             ),
         );
-        return d;
+        let refusal = Refusal {
+            status,
+            route: None,
+            key: None,
+            kind: None,
+            found_in: Some(hit.found_in),
+        };
+        return Decision::refused(refusal, message_id);
     }
-    d.route = Some(config.custom_email_route());
-    d.kind = Some(Kind::ServiceDesk);
-    d.custom_address = Some(hit.address);
-    d
+    let spooled = Spooled {
+        route: config.custom_email_route(),
+        key: None,
+        kind: Kind::ServiceDesk,
+        found_in: hit.found_in,
+        prepend: None,
+        prepend_at: headers.lead,
+        custom_address: Some(hit.address),
+        crlf: headers.crlf,
+        gitlab_sees_other_key: false,
+    };
+    Decision::stored(spooled, message_id)
 }
 
 /// The configured addresses as a stranger can read them: `<key>` in the
@@ -302,7 +409,7 @@ fn no_key_reason(config: &Config, envelope: &Envelope) -> String {
 
 fn no_handler_reason(config: &Config, found: &lookup::Found, envelope: &Envelope) -> String {
     let addr = match found.found_in {
-        lookup::ENVELOPE => envelope
+        FoundIn::Envelope => envelope
             .original_recipients
             .first()
             .or(envelope.recipients.first())
@@ -316,7 +423,7 @@ fn no_handler_reason(config: &Config, found: &lookup::Found, envelope: &Envelope
     })
     .unwrap_or_default();
     let place = match found.found_in {
-        lookup::ENVELOPE => "the recipient".to_string(),
+        FoundIn::Envelope => "the recipient".to_string(),
         name => format!("the {name} header"),
     };
     format!(
@@ -333,13 +440,13 @@ fn dedicated_reason(
     found: &lookup::Found,
     headers: &HeaderSection,
 ) -> String {
-    let why = if found.found_in != "References" {
+    let why = if found.found_in != FoundIn::References {
         format!(
             "the reply key was found in {}, where GitLab does not read it for a dedicated address",
-            if found.found_in == lookup::ENVELOPE {
+            if found.found_in == FoundIn::Envelope {
                 "the recipient"
             } else {
-                found.found_in
+                found.found_in.as_str()
             }
         )
     } else {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::cli::EnvelopeArgs;
 use crate::config::Config;
-use crate::decide::{self, Decision};
+use crate::decide::{self, Decision, Spooled, Verdict};
 use crate::gitlab::lookup::Envelope;
 use crate::headers;
 use crate::log;
@@ -219,9 +219,9 @@ pub fn deliver(args: &EnvelopeArgs) -> Status {
         }
     };
     let decision = decide::decide(&config, &envelope, head.message(), head.complete);
-    let (status, size) = match &decision.status {
-        Status::Accepted => store(&config, &envelope, &decision, &head),
-        other => (other.clone(), head.message().len() as u64),
+    let (status, size) = match &decision.verdict {
+        Verdict::Store(spooled) => store(&config, &envelope, spooled, &head),
+        Verdict::Refuse(r) => (r.status.clone(), head.message().len() as u64),
     };
     log_it(
         &envelope,
@@ -236,15 +236,9 @@ pub fn deliver(args: &EnvelopeArgs) -> Status {
 
 /// Writes the message into its route's Maildir; the final Status and the
 /// number of bytes stored.
-fn store(config: &Config, envelope: &Envelope, decision: &Decision, head: &Head) -> (Status, u64) {
-    let Some(route) = decision.route else {
-        return (
-            Status::Deferred(Deferral::Internal, "accepted without a route".into()),
-            0,
-        );
-    };
+fn store(config: &Config, envelope: &Envelope, decision: &Spooled, head: &Head) -> (Status, u64) {
     let result = (|| {
-        let maildir = Maildir::open(&config.spool.dir, route)?;
+        let maildir = Maildir::open(&config.spool.dir, decision.route)?;
         let mut pending = maildir.create(envelope.queue_id.as_deref())?;
         let mut extra = 0u64;
         let max = config.limits.max_message_bytes;
@@ -304,7 +298,7 @@ pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
             ),
             Ok(head) => {
                 let d = decide::decide(&config, &envelope, head.message(), head.complete);
-                let status = match &d.status {
+                let status = match d.status() {
                     Status::Accepted => dry_run_store(&config, &head),
                     other => other.clone(),
                 };

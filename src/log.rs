@@ -65,11 +65,11 @@ pub fn format(r: &Record) -> String {
         address(env.sender.as_ref()),
         address(recipient),
         r.size,
-        word(d.and_then(|d| d.route).map(|r| r.as_str())),
-        word(d.and_then(|d| d.kind).map(|k| k.as_str())),
-        d.and_then(|d| d.key.as_ref())
+        word(d.and_then(Decision::route).map(|r| r.as_str())),
+        word(d.and_then(Decision::kind).map(|k| k.as_str())),
+        d.and_then(Decision::key)
             .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
-        word(d.and_then(|d| d.found_in)),
+        word(d.and_then(Decision::found_in).map(|f| f.as_str())),
         r.status.action(),
         always_quoted(&text(reason, 300)),
         r.duration.as_secs_f64() * 1000.0,
@@ -149,7 +149,7 @@ fn ends_candidate(c: char) -> bool {
 impl Masks {
     fn collect(config: Option<&Config>, decision: Option<&Decision>, texts: &[&str]) -> Masks {
         let mut raw: Vec<String> = Vec::new();
-        if let Some(key) = decision.and_then(|d| d.key.as_ref()) {
+        if let Some(key) = decision.and_then(Decision::key) {
             raw.push(key.as_str().to_string());
         }
         if let Some(config) = config {
@@ -366,11 +366,11 @@ pub fn for_postfix(r: &Record) -> String {
     let field = |v: Option<&str>| v.map_or("-".to_string(), |s| printable(s, 40));
     format!(
         "route={} kind={} key={} found_in={} size={}",
-        field(d.and_then(|d| d.route).map(|r| r.as_str())),
-        field(d.and_then(|d| d.kind).map(|k| k.as_str())),
-        d.and_then(|d| d.key.as_ref())
+        field(d.and_then(Decision::route).map(|r| r.as_str())),
+        field(d.and_then(Decision::kind).map(|k| k.as_str())),
+        d.and_then(Decision::key)
             .map_or("-".to_string(), |k| format!("fp:{}", k.fingerprint())),
-        field(d.and_then(|d| d.found_in)),
+        field(d.and_then(Decision::found_in).map(|f| f.as_str())),
         r.size,
     )
 }
@@ -457,7 +457,7 @@ mod tests {
             decision: Some(&d),
             config: Some(&config),
             size: 1,
-            status: &d.status,
+            status: d.status(),
             duration: Duration::ZERO,
         })
     }

@@ -18,7 +18,7 @@ use mailpipe::config::Config;
 use mailpipe::decide::{self, Decision};
 use mailpipe::gitlab::address::{Key, MAX_KEY_LEN, Template};
 use mailpipe::gitlab::kind::{self, Kind};
-use mailpipe::gitlab::lookup::{self, Envelope};
+use mailpipe::gitlab::lookup::{self, Envelope, FoundIn};
 use mailpipe::headers::{self, HeaderSection};
 use mailpipe::status::Status;
 
@@ -164,7 +164,7 @@ pub struct Summary {
     pub route: Option<&'static str>,
     pub key: Option<String>,
     pub kind: Option<Kind>,
-    pub found_in: Option<&'static str>,
+    pub found_in: Option<FoundIn>,
     pub prepend: Option<String>,
     pub gitlab_sees_other_key: bool,
     pub message_id: Option<String>,
@@ -173,14 +173,14 @@ pub struct Summary {
 impl Summary {
     pub fn of(d: &Decision) -> Summary {
         Summary {
-            exit_code: d.status.exit_code(),
-            status: d.status.clone(),
-            route: d.route.map(|r| r.as_str()),
-            key: d.key.as_ref().map(|k| k.as_str().to_string()),
-            kind: d.kind,
-            found_in: d.found_in,
-            prepend: d.prepend.clone(),
-            gitlab_sees_other_key: d.gitlab_sees_other_key,
+            exit_code: d.status().exit_code(),
+            status: d.status().clone(),
+            route: d.route().map(|r| r.as_str()),
+            key: d.key().map(|k| k.as_str().to_string()),
+            kind: d.kind(),
+            found_in: d.found_in(),
+            prepend: d.spooled().and_then(|s| s.prepend.clone()),
+            gitlab_sees_other_key: d.spooled().is_some_and(|s| s.gitlab_sees_other_key),
             message_id: d.message_id.clone(),
         }
     }
@@ -234,7 +234,7 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
         "{form}: exit {}",
         s.exit_code
     );
-    if let Some(line) = d.status.report_line() {
+    if let Some(line) = d.status().report_line() {
         // Exit 0 speaks only for a dropped auto-reply (2.0.0, which pipe(8)
         // logs after status=sent).
         let class = match s.exit_code {
@@ -248,16 +248,15 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
             "{form}: report not one line: {line:?}"
         );
     }
-    if let Some(key) = &d.key {
+    if let Some(key) = d.key() {
         assert_key_ok(key.as_str(), form);
     }
-    if matches!(d.status, Status::Accepted) {
-        // A keyless accept is only a configured custom Service Desk address.
+    if let Some(spooled) = d.spooled() {
+        // A keyless accept is only a configured custom Service Desk address
+        // (an accept always has a route and a kind: the types say so).
         assert!(
-            d.route.is_some()
-                && (d.key.is_some() || d.custom_address.is_some())
-                && d.kind.is_some(),
-            "{form}: accepted without route, key or kind: {s:?}"
+            spooled.key.is_some() || spooled.custom_address.is_some(),
+            "{form}: accepted without key or custom address: {s:?}"
         );
     }
     if input.complete && !head.is_empty() && head.iter().all(u8::is_ascii_whitespace) {
@@ -266,7 +265,9 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
             "{form}: blank message not refused as empty: {s:?}"
         );
     }
-    if let Some(line) = &d.prepend {
+    if let Some(spooled) = d.spooled()
+        && let Some(line) = &spooled.prepend
+    {
         // The line goes on top of the stored copy: one header line, which
         // names the same key on the same route when read back.
         assert!(
@@ -276,9 +277,8 @@ pub fn decide_checked(config: &Config, input: &DecideInput, head: &[u8], form: &
         let addr = line
             .strip_prefix("Delivered-To: ")
             .unwrap_or_else(|| panic!("{form}: prepend {line:?} is not Delivered-To"));
-        let route = d.route.expect("prepend implies a route");
         let template = &config
-            .route(route)
+            .route(spooled.route)
             .expect("the route is configured")
             .template;
         let back = template.key_of(addr).map(|k| k.as_str().to_string());
@@ -446,7 +446,7 @@ pub fn check_policy_request(data: &[u8]) {
                     .expect("550 without a recipient");
                 let d = decide::for_recipient(config, r);
                 assert!(
-                    matches!(d.status, Status::Rejected(..)),
+                    matches!(d.status(), Status::Rejected(..)),
                     "550 for {r:?}, which decide accepts"
                 );
             }

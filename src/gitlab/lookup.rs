@@ -15,20 +15,66 @@ use crate::config::{Config, Route};
 use crate::gitlab::address::{Key, Template};
 use crate::headers::HeaderSection;
 
-/// Where a key was found; the names appear in `explain` and the log.
-pub const ENVELOPE: &str = "envelope";
+/// Where a key (or a custom Service Desk address) was found: the envelope,
+/// or the header of that name. [`FoundIn::as_str`] is the name `explain`
+/// and the log show, and, for a header, the field name read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundIn {
+    Envelope,
+    To,
+    References,
+    DeliveredTo,
+    XDeliveredTo,
+    EnvelopeTo,
+    XEnvelopeTo,
+    Received,
+    XOriginalTo,
+    XForwardedTo,
+    Cc,
+}
+
+impl FoundIn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoundIn::Envelope => "envelope",
+            FoundIn::To => "To",
+            FoundIn::References => "References",
+            FoundIn::DeliveredTo => "Delivered-To",
+            FoundIn::XDeliveredTo => "X-Delivered-To",
+            FoundIn::EnvelopeTo => "Envelope-To",
+            FoundIn::XEnvelopeTo => "X-Envelope-To",
+            FoundIn::Received => "Received",
+            FoundIn::XOriginalTo => "X-Original-To",
+            FoundIn::XForwardedTo => "X-Forwarded-To",
+            FoundIn::Cc => "Cc",
+        }
+    }
+}
+
+impl std::fmt::Display for FoundIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `explain`'s JSON shows the same text as the log.
+impl serde::Serialize for FoundIn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 /// Address headers after `To` and `References`, in GitLab's order
 /// (`MailKey::RECIPIENT_HEADERS` in
 /// `gems/gitlab-email_handler/lib/gitlab/email_handler/mail_key.rb`);
 /// `Received` sits between X-Envelope-To and X-Original-To.
-const RAW_VALUED: [&str; 4] = [
-    "Delivered-To",
-    "X-Delivered-To",
-    "Envelope-To",
-    "X-Envelope-To",
+const RAW_VALUED: [FoundIn; 4] = [
+    FoundIn::DeliveredTo,
+    FoundIn::XDeliveredTo,
+    FoundIn::EnvelopeTo,
+    FoundIn::XEnvelopeTo,
 ];
-const AFTER_RECEIVED: [&str; 2] = ["X-Original-To", "X-Forwarded-To"];
+const AFTER_RECEIVED: [FoundIn; 2] = [FoundIn::XOriginalTo, FoundIn::XForwardedTo];
 
 /// At most this many addresses or ids are examined per field, so a hostile
 /// header costs linear time with a small constant.
@@ -39,7 +85,7 @@ const MAX_ITEMS_PER_FIELD: usize = 1000;
 pub struct Found {
     pub route: Route,
     pub key: Key,
-    pub found_in: &'static str,
+    pub found_in: FoundIn,
 }
 
 /// The envelope as Postfix (or local(8)) gave it.
@@ -61,14 +107,14 @@ pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -
         .iter()
         .chain(&envelope.recipients);
     for addr in envelope_addrs {
-        if let Some(found) = match_routes(config, strip_brackets(addr), ENVELOPE) {
+        if let Some(found) = match_routes(config, strip_brackets(addr), FoundIn::Envelope) {
             return Some(found);
         }
     }
-    let by_address = |name: &'static str| {
-        addresses(headers, name).find_map(|addr| match_routes(config, &addr, name))
+    let by_address = |name: FoundIn| {
+        addresses(headers, name.as_str()).find_map(|addr| match_routes(config, &addr, name))
     };
-    if let Some(found) = by_address("To") {
+    if let Some(found) = by_address(FoundIn::To) {
         return Some(found);
     }
     for field in headers.all("References") {
@@ -78,7 +124,7 @@ pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -
                 return Some(Found {
                     route: Route::IncomingEmail,
                     key,
-                    found_in: "References",
+                    found_in: FoundIn::References,
                 });
             }
         }
@@ -90,14 +136,14 @@ pub fn find_key(config: &Config, envelope: &Envelope, headers: &HeaderSection) -
     }
     for field in headers.all("Received") {
         if let Some(addr) = received_for(&field.text())
-            && let Some(found) = match_routes(config, addr.trim(), "Received")
+            && let Some(found) = match_routes(config, addr.trim(), FoundIn::Received)
         {
             return Some(found);
         }
     }
     AFTER_RECEIVED
         .into_iter()
-        .chain(["Cc"])
+        .chain([FoundIn::Cc])
         .find_map(by_address)
 }
 
@@ -116,7 +162,7 @@ fn addresses<'h>(
 
 /// Matches one bare address against every configured route, then against
 /// the custom Service Desk reply addresses (`support+<reply key>@…`).
-fn match_routes(config: &Config, addr: &str, found_in: &'static str) -> Option<Found> {
+fn match_routes(config: &Config, addr: &str, found_in: FoundIn) -> Option<Found> {
     config
         .routes
         .iter()
@@ -185,8 +231,8 @@ fn same_address(configured: &str, addr: &str, exact: bool) -> bool {
 pub struct CustomHit {
     /// The configured address it names.
     pub address: String,
-    /// `envelope` or `To`.
-    pub found_in: &'static str,
+    /// [`FoundIn::Envelope`] or [`FoundIn::To`].
+    pub found_in: FoundIn,
     /// True when a `To` field names it as GitLab compares (exactly): the
     /// only place GitLab looks for it.
     pub in_to: bool,
@@ -216,7 +262,7 @@ pub fn find_custom(
         if let Some(c) = custom_address(custom, strip_brackets(addr), false) {
             return Some(CustomHit {
                 address: c.to_string(),
-                found_in: ENVELOPE,
+                found_in: FoundIn::Envelope,
                 in_to: in_to(c),
             });
         }
@@ -224,7 +270,7 @@ pub fn find_custom(
     to.iter().find_map(|a| {
         custom_address(custom, a, true).map(|c| CustomHit {
             address: c.to_string(),
-            found_in: "To",
+            found_in: FoundIn::To,
             in_to: true,
         })
     })
@@ -403,12 +449,16 @@ pub enum GitlabVersion {
 impl GitlabVersion {
     pub const ALL: [GitlabVersion; 2] = [GitlabVersion::Oldest, GitlabVersion::Newest];
 
-    fn reads(self, header: &str) -> bool {
+    fn reads(self, header: FoundIn) -> bool {
         match self {
             GitlabVersion::Newest => true,
             GitlabVersion::Oldest => matches!(
                 header,
-                "To" | "References" | "Delivered-To" | "Envelope-To" | "X-Envelope-To"
+                FoundIn::To
+                    | FoundIn::References
+                    | FoundIn::DeliveredTo
+                    | FoundIn::EnvelopeTo
+                    | FoundIn::XEnvelopeTo
             ),
         }
     }
@@ -438,7 +488,7 @@ pub fn gitlab_key(
     headers: &HeaderSection,
     template: &Template,
     host: &str,
-) -> Option<(String, &'static str)> {
+) -> Option<(String, FoundIn)> {
     let setup = GitlabSetup {
         template: Some(template),
         host,
@@ -459,25 +509,25 @@ pub fn gitlab_key_as(
     version: GitlabVersion,
     headers: &HeaderSection,
     setup: &GitlabSetup,
-) -> Option<(String, &'static str)> {
+) -> Option<(String, FoundIn)> {
     let of = |addr: &str| {
         setup
             .template
             .and_then(|t| t.gitlab_key_of(addr))
             .map(str::to_string)
     };
-    let parsed = |name: &'static str| {
+    let parsed = |name: FoundIn| {
         if !version.reads(name) {
             return None;
         }
-        addresses(headers, name).find_map(|a| of(&a).map(|k| (k, name)))
+        addresses(headers, name.as_str()).find_map(|a| of(&a).map(|k| (k, name)))
     };
-    let raw = |name: &'static str| {
+    let raw = |name: FoundIn| {
         if !version.reads(name) {
             return None;
         }
         headers
-            .all(name)
+            .all(name.as_str())
             .find_map(|f| of(&f.text()).map(|k| (k, name)))
     };
     // receiver.rb `mail_key`, To only: the custom reply address, the
@@ -486,15 +536,15 @@ pub fn gitlab_key_as(
         if version == GitlabVersion::Newest
             && let Some(key) = custom_reply_key(setup.custom, &addr, true)
         {
-            return Some((key.as_str().to_string(), "To"));
+            return Some((key.as_str().to_string(), FoundIn::To));
         }
         if let Some(key) = of(&addr) {
-            return Some((key, "To"));
+            return Some((key, FoundIn::To));
         }
         if version == GitlabVersion::Newest
             && let Some(c) = custom_address(setup.custom, &addr, true)
         {
-            return Some((custom_key_marker(c), "To"));
+            return Some((custom_key_marker(c), FoundIn::To));
         }
     }
     // The mail gem keeps only the last References field (it is a field of
@@ -512,7 +562,7 @@ pub fn gitlab_key_as(
             let suffix = format!("@{}", setup.host);
             let hit = ids.iter().find_map(|id| {
                 let key = id.strip_prefix("reply-")?.strip_suffix(&suffix)?;
-                (!key.is_empty()).then(|| (key.to_string(), "References"))
+                (!key.is_empty()).then(|| (key.to_string(), FoundIn::References))
             });
             if hit.is_some() {
                 return hit;
@@ -524,13 +574,13 @@ pub fn gitlab_key_as(
             return Some(hit);
         }
     }
-    if version.reads("Received") {
+    if version.reads(FoundIn::Received) {
         for field in headers.all("Received") {
             let text = field.text();
             if let Some(addr) = gitlab_received_for(&text)
                 && let Some(key) = of(addr)
             {
-                return Some((key, "Received"));
+                return Some((key, FoundIn::Received));
             }
         }
     }
@@ -539,7 +589,7 @@ pub fn gitlab_key_as(
             return Some(hit);
         }
     }
-    parsed("Cc")
+    parsed(FoundIn::Cc)
 }
 
 /// GitLab's `for\s+<([^<]+)>`: case-sensitive, first match per field; the
@@ -600,6 +650,31 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(address_list(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn found_in_renders_the_names_explain_and_the_log_always_showed() {
+        let all = [
+            (FoundIn::Envelope, "envelope"),
+            (FoundIn::To, "To"),
+            (FoundIn::References, "References"),
+            (FoundIn::DeliveredTo, "Delivered-To"),
+            (FoundIn::XDeliveredTo, "X-Delivered-To"),
+            (FoundIn::EnvelopeTo, "Envelope-To"),
+            (FoundIn::XEnvelopeTo, "X-Envelope-To"),
+            (FoundIn::Received, "Received"),
+            (FoundIn::XOriginalTo, "X-Original-To"),
+            (FoundIn::XForwardedTo, "X-Forwarded-To"),
+            (FoundIn::Cc, "Cc"),
+        ];
+        for (place, name) in all {
+            assert_eq!(place.as_str(), name);
+            assert_eq!(place.to_string(), name);
+            assert_eq!(
+                serde_json::to_string(&place).ok(),
+                Some(format!("\"{name}\""))
+            );
         }
     }
 

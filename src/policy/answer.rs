@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::decide;
+use crate::decide::{self, Spooled};
 use crate::policy::protocol::Request;
 use crate::policy::ratelimit::{Limited, Limiter, Outcome};
 use crate::spool::SpoolError;
@@ -122,10 +122,15 @@ pub fn for_recipient(
         return Answer::dunno("no-key-in-recipient");
     }
     let decision = decide::for_recipient(config, recipient);
-    let (Status::Accepted, Some(key)) = (&decision.status, &decision.key) else {
-        return match &decision.status {
-            Status::Rejected(Rejection::UnknownKey, _) => {
-                Answer::refuse("550", &decision.status, "unknown-key")
+    let Some(Spooled {
+        route,
+        key: Some(key),
+        ..
+    }) = decision.spooled()
+    else {
+        return match decision.status() {
+            status @ Status::Rejected(Rejection::UnknownKey, _) => {
+                Answer::refuse("550", status, "unknown-key")
             }
             // Nothing else comes from a recipient alone; should it one day,
             // deliver decides.
@@ -143,7 +148,7 @@ pub fn for_recipient(
     let Some(limiter) = limiter else {
         return Answer::dunno("accepted");
     };
-    let route = decision.route.map_or("", |r| r.as_str());
+    let route = route.as_str();
     let bucket = format!("{route}/{}", key.as_str());
     match limiter.allow(&config.policy, sender, &bucket, now) {
         Outcome::Allowed => Answer::dunno("accepted"),
@@ -208,7 +213,7 @@ sender_key_burst = 2
         let now = Instant::now();
         let r = "incoming+not-a-key@in.example.com";
         let a = for_request(&c, &rcpt(r, "0"), None, now);
-        let deliver = decide::for_recipient(&c, r).status.report_line().unwrap();
+        let deliver = decide::for_recipient(&c, r).status().report_line().unwrap();
         assert_eq!(a.action, format!("550 {deliver}"));
         assert!(a.action.starts_with("550 5.1.1 mailpipe: "), "{a:?}");
         assert!(
