@@ -6,7 +6,8 @@
 //!
 //! Layout, top to bottom (dependencies point downward):
 //! - `main.rs`: panic hook, parse, run, exit code;
-//! - commands: [`deliver`] (deliver, explain), [`check`] (with [`probe`]),
+//! - commands: [`deliver`] (deliver, explain), [`check`] (its steps in
+//!   `check/`: setup, postfix, trust, spool, the `--send-test` probe),
 //!   [`drain`] (drain, queue, requeue), [`health`] (the monitoring
 //!   plugin), [`policy`] (the Postfix policy service that refuses at RCPT
 //!   TO what deliver would bounce);
@@ -36,8 +37,8 @@ pub mod log;
 pub mod policy;
 pub mod postfix;
 pub mod privilege;
-pub mod probe;
+
 pub mod random;
 pub mod spool;
-pub mod spool_check;
+
 pub mod status;

@@ -12,9 +12,55 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::trust::Account;
+use super::{Level, Report};
 use crate::config::{Config, Route};
 use crate::layout::{self, Dir, Folder, Kind, Meta};
 use crate::status::printable;
+
+/// The spool steps (below), as the spool's owner when run as
+/// root: root never works on the spool as root.
+pub(super) fn check_spool(config: &Config, user: &str, report: &mut Report) {
+    let Some(account) = Account::lookup(user) else {
+        report.error(
+            "spool",
+            "user",
+            format!("user {user:?} (who Postfix runs mailpipe as) does not exist"),
+            "create it (useradd --system mailpipe) or fix user= in master.cf",
+        );
+        return;
+    };
+    let deliver = DeliverAccount {
+        name: account.name.clone(),
+        uid: account.uid,
+        gids: account.gids.clone(),
+    };
+    let steps = || check(config, &deliver);
+    // A missing root is reported by the steps themselves (nothing to become).
+    let result = if crate::layout::Dir::open_root(&config.spool.dir).is_err() {
+        Ok(steps())
+    } else {
+        crate::privilege::as_spool_owner(&config.spool.dir, steps)
+    };
+    match result {
+        Ok(findings) => {
+            for f in findings {
+                let level = match f.level.as_str() {
+                    "ok" => Level::Ok,
+                    "warning" => Level::Warning,
+                    _ => Level::Error,
+                };
+                report.add(level, "spool", &f.subject, f.message, &f.hint);
+            }
+        }
+        Err(why) => report.error(
+            "spool",
+            "spool.dir",
+            why,
+            "give the spool to the drain's account: systemd-tmpfiles --create mailpipe.conf",
+        ),
+    }
+}
 
 /// One finding, in the form the child hands back to `check`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::check::{Level, Report};
+use super::report::{Level, Report};
 use crate::config::{Config, Route};
 use crate::postfix::Postfix;
 
