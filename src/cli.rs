@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_PATH;
+use crate::gitlab::lookup::Envelope;
 
 /// Postfix pipe(8) delivery for GitLab incoming email: no IMAP mailbox.
 #[derive(Debug, Parser)]
@@ -157,6 +158,74 @@ pub struct EnvelopeArgs {
     /// Postfix queue id (`${queue_id}`), for logs and file names.
     #[arg(long, value_name = "ID", allow_hyphen_values = true, value_parser = lossy())]
     pub queue_id: Option<String>,
+}
+
+impl EnvelopeArgs {
+    /// Builds the envelope from the flags, or from local(8)'s environment
+    /// (SENDER, RECIPIENT, ORIGINAL_RECIPIENT) when no envelope flag is given,
+    /// as under aliases, `.forward` or procmail.
+    pub fn envelope(&self) -> Envelope {
+        let flags_given = self.sender.is_some()
+            || !self.recipient.is_empty()
+            || !self.original_recipient.is_empty();
+        if flags_given {
+            return Envelope {
+                sender: self.sender.clone(),
+                recipients: self.recipient.clone(),
+                original_recipients: self.original_recipient.clone(),
+                queue_id: self.queue_id.clone(),
+            };
+        }
+        // Bytes, converted lossily like the flags: `std::env::var` would drop
+        // a variable that is not UTF-8 and lose the recipient.
+        let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        Envelope {
+            sender: var("SENDER"),
+            recipients: var("RECIPIENT")
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect(),
+            original_recipients: var("ORIGINAL_RECIPIENT")
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect(),
+            queue_id: self.queue_id.clone(),
+        }
+    }
+}
+
+impl CheckArgs {
+    /// What `check` runs with.
+    pub fn options(&self) -> crate::check::Options {
+        crate::check::Options {
+            config: self.config.clone(),
+            postfix_config: self.postfix_config.clone(),
+            user: self.user.clone(),
+            send_test: self.send_test,
+        }
+    }
+}
+
+impl DrainArgs {
+    /// How `drain` runs.
+    pub fn options(&self) -> crate::drain::Options {
+        crate::drain::Options {
+            once: self.once,
+            flush: self.flush,
+        }
+    }
+}
+
+impl HealthArgs {
+    /// The thresholds `health` judges with.
+    pub fn thresholds(&self) -> crate::health::Thresholds {
+        crate::health::Thresholds::new(
+            self.warning_age,
+            self.critical_age,
+            self.warning_free,
+            self.critical_free,
+        )
+    }
 }
 
 /// An argument as bytes, made UTF-8 lossily: invalid bytes become U+FFFD

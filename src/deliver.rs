@@ -8,10 +8,10 @@
 //! limit could kill us (which Postfix would turn into a bounce).
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::cli::EnvelopeArgs;
 use crate::config::Config;
 use crate::decide::{self, Decision, Spooled, Verdict};
 use crate::gitlab::lookup::Envelope;
@@ -25,37 +25,6 @@ const STDIN: i32 = 0;
 const HEAD_CHUNK: usize = 16 * 1024;
 /// An mbox `From ` line longer than this is not one; keep it as content.
 const MAX_FROM_LINE: usize = 1024;
-
-/// Builds the envelope from the flags, or from local(8)'s environment
-/// (SENDER, RECIPIENT, ORIGINAL_RECIPIENT) when no envelope flag is given,
-/// as under aliases, `.forward` or procmail.
-pub fn envelope(args: &EnvelopeArgs) -> Envelope {
-    let flags_given =
-        args.sender.is_some() || !args.recipient.is_empty() || !args.original_recipient.is_empty();
-    if flags_given {
-        return Envelope {
-            sender: args.sender.clone(),
-            recipients: args.recipient.clone(),
-            original_recipients: args.original_recipient.clone(),
-            queue_id: args.queue_id.clone(),
-        };
-    }
-    // Bytes, converted lossily like the flags: `std::env::var` would drop
-    // a variable that is not UTF-8 and lose the recipient.
-    let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
-    Envelope {
-        sender: var("SENDER"),
-        recipients: var("RECIPIENT")
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .collect(),
-        original_recipients: var("ORIGINAL_RECIPIENT")
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .collect(),
-        queue_id: args.queue_id.clone(),
-    }
-}
 
 /// The start of the message as read for the decision.
 struct Head {
@@ -198,14 +167,13 @@ fn start_deadline(secs: u64) {
 }
 
 /// Runs `mailpipe deliver`: the Status to exit with.
-pub fn deliver(args: &EnvelopeArgs) -> Status {
+pub fn deliver(config_path: &Path, envelope: &Envelope) -> Status {
     let started = Instant::now();
-    let envelope = envelope(args);
-    let config = match Config::load(&args.config) {
+    let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             let status = Status::Deferred(Deferral::Config, e.to_string());
-            log_it(&envelope, None, None, 0, &status, started);
+            log_it(envelope, None, None, 0, &status, started);
             return status;
         }
     };
@@ -214,17 +182,17 @@ pub fn deliver(args: &EnvelopeArgs) -> Status {
         Ok(h) => h,
         Err(e) => {
             let status = Status::Deferred(Deferral::Input, format!("reading stdin: {e}"));
-            log_it(&envelope, None, Some(&config), 0, &status, started);
+            log_it(envelope, None, Some(&config), 0, &status, started);
             return status;
         }
     };
-    let decision = decide::decide(&config, &envelope, head.message(), head.complete);
+    let decision = decide::decide(&config, envelope, head.message(), head.complete);
     let (status, size) = match &decision.verdict {
-        Verdict::Store(spooled) => store(&config, &envelope, spooled, &head),
+        Verdict::Store(spooled) => store(&config, envelope, spooled, &head),
         Verdict::Refuse(r) => (r.status.clone(), head.message().len() as u64),
     };
     log_it(
-        &envelope,
+        envelope,
         Some(&decision),
         Some(&config),
         size,
@@ -287,9 +255,8 @@ fn spool_status(e: &SpoolError) -> Status {
 /// Runs `mailpipe explain`: the same decision as `deliver`, nothing
 /// written, one JSON object on stdout. It always succeeds (the JSON's
 /// `exit_code` is what `deliver` would answer).
-pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
-    let envelope = envelope(args);
-    let (decision, status) = match Config::load(&args.config) {
+pub fn explain(config_path: &Path, envelope: &Envelope) -> AdminOutcome {
+    let (decision, status) = match Config::load(config_path) {
         Err(e) => (None, Status::Deferred(Deferral::Config, e.to_string())),
         Ok(config) => match read_head(config.limits.header_bytes) {
             Err(e) => (
@@ -297,7 +264,7 @@ pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
                 Status::Deferred(Deferral::Input, format!("reading stdin: {e}")),
             ),
             Ok(head) => {
-                let d = decide::decide(&config, &envelope, head.message(), head.complete);
+                let d = decide::decide(&config, envelope, head.message(), head.complete);
                 let status = match d.status() {
                     Status::Accepted => dry_run_store(&config, &head),
                     other => other.clone(),
@@ -308,7 +275,7 @@ pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
     };
     let decision = decision.unwrap_or_else(|| Decision::refuse(status.clone()));
     let mut explanation = decision.explain(&status);
-    explanation.policy = policy_answer(args, &envelope);
+    explanation.policy = policy_answer(config_path, envelope);
     let json = serde_json::to_string(&explanation);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json.unwrap_or_else(|_| "{}".into()));
@@ -320,8 +287,8 @@ pub fn explain(args: &EnvelopeArgs) -> AdminOutcome {
 /// recipient: the same function it runs, without spending a rate token.
 /// `None` without a recipient or a usable config (the policy then says
 /// DUNNO, but there is nothing to show).
-fn policy_answer(args: &EnvelopeArgs, envelope: &Envelope) -> Option<String> {
-    let config = Config::load(&args.config).ok()?;
+fn policy_answer(config_path: &Path, envelope: &Envelope) -> Option<String> {
+    let config = Config::load(config_path).ok()?;
     let recipient = envelope
         .original_recipients
         .first()

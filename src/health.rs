@@ -26,7 +26,6 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::cli::HealthArgs;
 use crate::config::Config;
 use crate::drain::snapshot::{self, RouteCounts};
 use crate::drain::store::StoreError;
@@ -73,6 +72,18 @@ pub struct Thresholds {
     pub critical_free_percent: u8,
 }
 
+impl Thresholds {
+    /// The thresholds, the critical ones never milder than the warnings.
+    pub fn new(warning_age: u64, critical_age: u64, warning_free: u8, critical_free: u8) -> Self {
+        Thresholds {
+            warning_age_secs: warning_age,
+            critical_age_secs: critical_age.max(warning_age),
+            warning_free_percent: warning_free,
+            critical_free_percent: critical_free.min(warning_free),
+        }
+    }
+}
+
 /// The result: the state, the line and the exit code.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -113,14 +124,8 @@ impl Room {
 }
 
 /// `mailpipe health`: prints the line; the exit status.
-pub fn command(args: &HealthArgs) -> u8 {
-    let thresholds = Thresholds {
-        warning_age_secs: args.warning_age,
-        critical_age_secs: args.critical_age.max(args.warning_age),
-        warning_free_percent: args.warning_free,
-        critical_free_percent: args.critical_free.min(args.warning_free),
-    };
-    let report = match Config::load_all(&args.config) {
+pub fn command(config_path: &Path, thresholds: Thresholds) -> u8 {
+    let report = match Config::load_all(config_path) {
         // Root never works on the spool as root (src/privilege.rs).
         Ok(config) => match crate::privilege::leave_root(&config.spool.dir) {
             // A spool that cannot be opened is nothing to work on: the

@@ -37,17 +37,21 @@ fn main() -> ExitCode {
         ParseOutcome::Run(cli) => cli.command,
     };
     match command {
-        Command::Deliver(args) => postfix(deliver::deliver(&args)),
-        Command::Explain(args) => admin(|| deliver::explain(&args)),
-        Command::Check(args) => admin(|| check::main(&args)),
+        Command::Deliver(args) => postfix(deliver::deliver(&args.config, &args.envelope())),
+        Command::Explain(args) => admin(|| deliver::explain(&args.config, &args.envelope())),
+        Command::Check(args) => admin(|| check::main(&args.options(), args.format)),
         Command::Drain(args) => admin(|| {
             restrict_nss_when_static();
-            drain::command(&args)
+            drain::command(&args.config, args.options())
         }),
-        Command::Queue(args) => admin(|| drain::queue::command(&args)),
-        Command::Requeue(args) => admin(|| drain::queue::requeue_command(&args)),
+        Command::Queue(args) => admin(|| drain::queue::command(&args.config, args.format)),
+        Command::Requeue(args) => admin(|| {
+            drain::queue::requeue_command(&args.config, args.route.as_deref(), &args.names)
+        }),
         Command::Policy(args) => admin(|| run_policy(&args)),
-        Command::Health(args) => admin(|| AdminOutcome::Plugin(health::command(&args))),
+        Command::Health(args) => {
+            admin(|| AdminOutcome::Plugin(health::command(&args.config, args.thresholds())))
+        }
     }
 }
 

@@ -46,15 +46,10 @@ pub struct Options {
 
 /// Runs `mailpipe check` and prints the report; `Failed` (exit 1) on any
 /// error.
-pub fn main(args: &crate::cli::CheckArgs) -> crate::status::AdminOutcome {
+pub fn main(options: &Options, format: crate::cli::Format) -> crate::status::AdminOutcome {
     use std::io::Write;
-    let report = run(&Options {
-        config: args.config.clone(),
-        postfix_config: args.postfix_config.clone(),
-        user: args.user.clone(),
-        send_test: args.send_test,
-    });
-    let text = match args.format {
+    let report = run(options);
+    let text = match format {
         crate::cli::Format::Text => report.to_text(),
         crate::cli::Format::Json => {
             serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"

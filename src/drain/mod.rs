@@ -65,14 +65,13 @@ pub mod store;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 
-use crate::cli::DrainArgs;
 use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
@@ -212,7 +211,7 @@ impl fmt::Display for Summary {
 
 /// `mailpipe drain`: loads the configuration, installs the signal
 /// handlers, runs, and reports.
-pub fn command(args: &DrainArgs) -> AdminOutcome {
+pub fn command(config_path: &Path, options: Options) -> AdminOutcome {
     let journal = Journal::new();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -226,11 +225,7 @@ pub fn command(args: &DrainArgs) -> AdminOutcome {
             return AdminOutcome::Failed;
         }
     }
-    let options = Options {
-        once: args.once,
-        flush: args.flush,
-    };
-    let result = Config::load_all(&args.config)
+    let result = Config::load_all(config_path)
         .map_err(DrainError::Config)
         .and_then(|config| {
             // Root never works on the spool as root (src/privilege.rs).

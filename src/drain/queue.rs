@@ -18,7 +18,9 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use crate::cli::{Format, QueueArgs, RequeueArgs};
+use std::path::Path;
+
+use crate::cli::Format;
 use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
@@ -82,28 +84,23 @@ impl From<io::Error> for QueueError {
 }
 
 /// `mailpipe queue`: prints the report.
-pub fn command(args: &QueueArgs) -> AdminOutcome {
-    let result = Config::load_all(&args.config)
+pub fn command(config_path: &Path, format: Format) -> AdminOutcome {
+    let result = Config::load_all(config_path)
         .map_err(QueueError::Config)
         .and_then(|config| {
             leave_root(&config)?;
-            show(&config, args.format, &mut io::stdout().lock())
+            show(&config, format, &mut io::stdout().lock())
         });
     report(result)
 }
 
 /// `mailpipe requeue`.
-pub fn requeue_command(args: &RequeueArgs) -> AdminOutcome {
-    let result = Config::load_all(&args.config)
+pub fn requeue_command(config_path: &Path, route: Option<&str>, names: &[String]) -> AdminOutcome {
+    let result = Config::load_all(config_path)
         .map_err(QueueError::Config)
         .and_then(|config| {
             leave_root(&config)?;
-            requeue(
-                &config,
-                args.route.as_deref(),
-                &args.names,
-                &mut io::stdout().lock(),
-            )
+            requeue(&config, route, names, &mut io::stdout().lock())
         });
     report(result)
 }
