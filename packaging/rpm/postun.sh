@@ -27,7 +27,7 @@ fi
 
 # Erase: Postfix still routing to the removed binary defers the GitLab
 # domain's mail, then bounces it; and the secret files the admin installed
-# stay. Say both (docs/drain.md, "Removing mailpipe").
+# stay. Say both (doc/drain.md, "Removing mailpipe").
 if [ "$1" -eq 0 ]; then
     if command -v postconf >/dev/null 2>&1 && [ -n "$(postconf -M mailpipe/unix 2>/dev/null)" ]; then
         echo "mailpipe: Postfix still has the mailpipe service in master.cf: mail for the GitLab domain will be deferred, then bounced; remove the snippets (postconf -MX mailpipe/unix, and the GitLab domain from relay_domains and transport_maps), then postfix reload" >&2

@@ -20,7 +20,7 @@
 //! under the shipped unit's `ProtectSystem=strict`; the textfile needs no
 //! port and no scrape job, for hosts that already run node_exporter (the
 //! unit then needs a `ReadWritePaths=` drop-in for the file's folder).
-//! docs/drain.md says how to set up either.
+//! doc/drain.md says how to set up either.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
