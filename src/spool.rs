@@ -20,12 +20,14 @@
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::config::Route;
 use crate::layout::{Dir, Folder};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 /// Mode of spooled files: the drain's group may read them.
 const FILE_MODE: libc::mode_t = crate::layout::MESSAGE_MODE;
@@ -169,30 +171,20 @@ impl Maildir {
         let mut last = None;
         for _ in 0..NAME_ATTEMPTS {
             let name = unique_name(queue_id);
-            let c_name = cstring(&name);
-            // SAFETY: valid dirfd and NUL-terminated name.
-            let fd = unsafe {
-                libc::openat(
-                    self.tmp.fd().as_raw_fd(),
-                    c_name.as_ptr(),
-                    libc::O_WRONLY
-                        | libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC,
-                    FILE_MODE as libc::c_uint,
-                )
-            };
-            if fd < 0 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EEXIST) {
-                    last = Some(err);
+            let opened = rfs::openat(
+                self.tmp.fd(),
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(FILE_MODE),
+            );
+            let file = match opened {
+                Ok(file) => file,
+                Err(e) if e == Errno::EXIST => {
+                    last = Some(e.into());
                     continue;
                 }
-                return Err(self.io("create", &format!("tmp/{name}"), err));
-            }
-            // SAFETY: fd is a fresh, owned descriptor.
-            let file = unsafe { OwnedFd::from_raw_fd(fd) };
+                Err(e) => return Err(self.io("create", &format!("tmp/{name}"), e.into())),
+            };
             set_in_flight(Some(cstring(
                 &self.path.join("tmp").join(&name).to_string_lossy(),
             )));
@@ -205,9 +197,10 @@ impl Maildir {
                 written: 0,
             };
             // The umask must not decide who can read the spool.
-            // SAFETY: valid fd.
-            if unsafe { libc::fchmod(fd, FILE_MODE) } != 0 {
-                return Err(pending.io_err("chmod", io::Error::last_os_error()));
+            if let Some(file) = &pending.file
+                && let Err(e) = rfs::fchmod(file, Mode::from_raw_mode(FILE_MODE))
+            {
+                return Err(pending.io_err("chmod", e.into()));
             }
             fault_point("create");
             return Ok(pending);
@@ -250,22 +243,20 @@ impl Pending<'_> {
 
     /// Appends `bytes`, every one of them or an error.
     pub fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), SpoolError> {
-        let fd = self.fd();
         while !bytes.is_empty() {
             fault_point("write");
-            // SAFETY: valid fd and slice.
-            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(self.io_err("write", err));
-            }
+            let Some(file) = &self.file else {
+                return Err(self.io_err("write", io::Error::from_raw_os_error(libc::EBADF)));
+            };
+            let n = match rustix::io::write(file, bytes) {
+                Ok(n) => n,
+                Err(e) if e == Errno::INTR => continue,
+                Err(e) => return Err(self.io_err("write", e.into())),
+            };
             if n == 0 {
                 return Err(self.io_err("write", io::Error::from(io::ErrorKind::WriteZero)));
             }
-            bytes = &bytes[n as usize..];
+            bytes = &bytes[n..];
             self.written += n as u64;
         }
         Ok(())
@@ -367,14 +358,14 @@ impl Pending<'_> {
 
     /// Makes the message durable and visible in `new/`; returns its path.
     pub fn commit(mut self) -> Result<PathBuf, SpoolError> {
-        let fd = self.fd();
         fault_point("fsync");
-        // SAFETY: valid fd.
-        if unsafe { libc::fsync(fd) } != 0 {
+        if let Some(file) = &self.file
+            && let Err(e) = rfs::fsync(file)
+        {
             // After a failed fsync the page cache may already be clean:
             // never retry and trust it (fsync(2): after a writeback error
             // the dirty pages may be dropped and a second fsync succeed).
-            return Err(self.io_err("fsync", io::Error::last_os_error()));
+            return Err(self.io_err("fsync", e.into()));
         }
         // The file is open until here (fsync above used it); if it were not,
         // defer like any failed close rather than panic.
@@ -388,45 +379,40 @@ impl Pending<'_> {
             return Err(self.io_err("close", io::Error::last_os_error()));
         }
         fault_point("link");
-        let tmp_name = cstring(&self.name);
         let mut new_name = self.name.clone();
         let mut attempts = 0;
         loop {
-            let c_new = cstring(&new_name);
-            // SAFETY: valid dirfds and names; flags 0 = do not follow.
-            let rc = unsafe {
-                libc::linkat(
-                    self.maildir.tmp.fd().as_raw_fd(),
-                    tmp_name.as_ptr(),
-                    self.maildir.new.fd().as_raw_fd(),
-                    c_new.as_ptr(),
-                    0,
-                )
-            };
-            if rc == 0 {
-                self.linked = Some(new_name.clone());
-                break;
+            // linkat(2) without AT_SYMLINK_FOLLOW never follows a link, and
+            // never replaces a name.
+            let linked = rfs::linkat(
+                self.maildir.tmp.fd(),
+                self.name.as_str(),
+                self.maildir.new.fd(),
+                new_name.as_str(),
+                AtFlags::empty(),
+            );
+            match linked {
+                Ok(()) => {
+                    self.linked = Some(new_name.clone());
+                    break;
+                }
+                Err(e) if e == Errno::EXIST && attempts + 1 < NAME_ATTEMPTS => {
+                    // Never overwrite: pick another name for new/.
+                    attempts += 1;
+                    new_name = unique_name(None);
+                }
+                Err(e) => return Err(self.io_err("link", e.into())),
             }
-            let err = io::Error::last_os_error();
-            attempts += 1;
-            if err.raw_os_error() == Some(libc::EEXIST) && attempts < NAME_ATTEMPTS {
-                // Never overwrite: pick another name for new/.
-                new_name = unique_name(None);
-                continue;
-            }
-            return Err(self.io_err("link", err));
         }
         fault_point("unlink");
-        // SAFETY: valid dirfd and name.
-        if unsafe { libc::unlinkat(self.maildir.tmp.fd().as_raw_fd(), tmp_name.as_ptr(), 0) } != 0 {
-            return Err(self.io_err("unlink", io::Error::last_os_error()));
+        if let Err(e) = rfs::unlinkat(self.maildir.tmp.fd(), self.name.as_str(), AtFlags::empty()) {
+            return Err(self.io_err("unlink", e.into()));
         }
         self.tmp_gone = true;
         set_in_flight(None);
         fault_point("dirsync");
-        // SAFETY: valid fd.
-        if unsafe { libc::fsync(self.maildir.new.fd().as_raw_fd()) } != 0 {
-            return Err(self.io_err("fsync new/", io::Error::last_os_error()));
+        if let Err(e) = self.maildir.new.sync() {
+            return Err(self.io_err("fsync new/", e));
         }
         fault_point("done");
         let path = self
@@ -448,17 +434,13 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        let tmp = cstring(&self.name);
-        // SAFETY: valid dirfds and names; errors are ignored on purpose:
-        // this is cleanup after a failure that is already being reported.
-        unsafe {
-            if !self.tmp_gone {
-                libc::unlinkat(self.maildir.tmp.fd().as_raw_fd(), tmp.as_ptr(), 0);
-            }
-            if let Some(linked) = &self.linked {
-                let new = cstring(linked);
-                libc::unlinkat(self.maildir.new.fd().as_raw_fd(), new.as_ptr(), 0);
-            }
+        // Errors are ignored on purpose: this is cleanup after a failure
+        // that is already being reported.
+        if !self.tmp_gone {
+            let _ = rfs::unlinkat(self.maildir.tmp.fd(), self.name.as_str(), AtFlags::empty());
+        }
+        if let Some(linked) = &self.linked {
+            let _ = rfs::unlinkat(self.maildir.new.fd(), linked.as_str(), AtFlags::empty());
         }
         set_in_flight(None);
     }
