@@ -110,15 +110,16 @@ fn files_in(f: &Fixture, route: &str, folder: &str) -> usize {
 #[test]
 fn metrics_listener_matches_a_spool_held_by_a_401() {
     // GitLab refuses both routes' credentials: the drain posts one message
-    // per route, gets 401, holds the route for retry_initial_secs (30 s)
-    // and leaves the rest waiting.
+    // per route, gets 401, holds the route for retry_initial_secs (60 s
+    // here, so no half-open probe comes while the test looks) and leaves
+    // the rest waiting.
     let gitlab = GitLab::start(&both_secrets(), Mode::Status(401));
     let port = free_port();
     let f = Fixture::new(
         "metrics-401",
         &gitlab.url(),
         // One worker: each route's first 401 holds it before the next post.
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\nconcurrency = 1"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\nconcurrency = 1\nretry_initial_secs = 60"),
     );
     f.add_many(INCOMING, 0, 4);
     f.add_many(SERVICE_DESK, 100, 2);
