@@ -588,3 +588,127 @@ fn root_becomes_the_spools_owner() {
     let (drain_uid, _) = ids("mailpipe-drain", "mailpipe");
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), drain_uid);
 }
+
+#[test]
+fn messages_the_deliver_account_spoils_in_the_drains_folders_stop_nothing() {
+    // The deliver account still owns the message files it created: it can
+    // chmod or truncate them in work/ and failed/. That spoils those
+    // messages (its own mail), never the tools: queue, health and
+    // requeue go on with the others.
+    let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
+    let f = Fixture::new("sec-spoiled", &gitlab.url(), "");
+    f.make_route(INCOMING);
+    let failed = f.folder(INCOMING, "failed");
+    for n in 1..=3 {
+        let name = format!("170000000{n}.M1P1R{n}.x");
+        fs::write(failed.join(&name), b"mail\n").unwrap();
+        chown_to_deliver(&failed.join(&name));
+    }
+    assert!(as_deliver(&format!(
+        "chmod 000 {}/1700000001.M1P1R1.x",
+        q(&failed)
+    )));
+    assert!(as_deliver(&format!(
+        ": > {}/1700000002.M1P1R2.x",
+        q(&failed)
+    )));
+    let work = f.folder(INCOMING, "work");
+    fs::write(work.join("1700000009.M1P1R9.x"), b"mail\n").unwrap();
+    chown_to_deliver(&work.join("1700000009.M1P1R9.x"));
+    assert!(as_deliver(&format!(
+        "chmod 000 {}/1700000009.M1P1R9.x",
+        q(&work)
+    )));
+
+    let out = bounded(f.command(&["queue"]), LIMIT);
+    assert!(out.status.success(), "queue: {}", stderr(&out));
+    let out = bounded(f.command(&["health"]), LIMIT);
+    assert!(
+        !stdout(&out).starts_with("MAILPIPE UNKNOWN"),
+        "health: {}",
+        stdout(&out)
+    );
+    let out = bounded(f.command(&["requeue", "ALL"]), LIMIT);
+    no_crash(&out);
+    // The unreadable one is named and stays; the other two are requeued.
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("2 message(s) requeued"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        f.names_in(INCOMING, "failed"),
+        vec!["1700000001.M1P1R1.x".to_string()]
+    );
+}
+
+#[test]
+fn a_name_planted_in_new_never_blocks_requeue_or_replaces_mail() {
+    let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
+    let f = Fixture::new("sec-clash", &gitlab.url(), "");
+    f.make_route(INCOMING);
+    let name = "1700000001.M1P1R1.failed";
+    fs::write(f.folder(INCOMING, "failed").join(name), b"the real mail\n").unwrap();
+    fs::write(
+        f.folder(INCOMING, "state").join(name),
+        r#"{"attempts":1,"last_status":400,"last_error":"400","failed_at":1700000100}"#,
+    )
+    .unwrap();
+    // The deliver account reads failed/'s names and plants one in new/.
+    assert!(as_deliver(&format!(
+        "echo planted > {}/{name}",
+        q(&f.folder(INCOMING, "new"))
+    )));
+    let out = bounded(f.command(&["requeue", "ALL"]), LIMIT);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let new = f.names_in(INCOMING, "new");
+    assert_eq!(new.len(), 2, "both kept, under two names: {new:?}");
+    let bodies: Vec<Vec<u8>> = new
+        .iter()
+        .map(|n| fs::read(f.folder(INCOMING, "new").join(n)).unwrap())
+        .collect();
+    assert!(bodies.contains(&b"the real mail\n".to_vec()));
+    assert!(bodies.contains(&b"planted\n".to_vec()));
+    assert!(f.names_in(INCOMING, "failed").is_empty());
+}
+
+#[test]
+fn a_trickling_metrics_client_never_holds_the_drain() {
+    use std::io::Write as _;
+    let gitlab = GitLab::start(&both_secrets(), Mode::Accept);
+    let port = free_port();
+    let f = Fixture::new(
+        "sec-trickle",
+        &gitlab.url(),
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\npoll_interval_secs = 1"),
+    );
+    let mut drain = f.spawn_drain(&[]);
+    let mut client = None;
+    let start = Instant::now();
+    while client.is_none() && start.elapsed() < Duration::from_secs(20) {
+        client = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut client = client.expect("the metrics listener");
+    // One byte a second, for longer than any sane scrape.
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            if client.write_all(b"G").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    drain.signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let status = drain.wait(Duration::from_secs(30));
+    assert!(status.success(), "{}", drain.log());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "the drain waited {:?} for a trickling client",
+        stopped.elapsed()
+    );
+    let _ = trickle.join();
+}

@@ -83,7 +83,8 @@ pub struct DeliverAccount {
 impl DeliverAccount {
     /// Write and search permission on a folder, by its mode bits.
     pub fn can_write(&self, meta: &Meta) -> bool {
-        if self.uid == 0 {
+        // The owner may chmod: the mode bits are no bound on it.
+        if self.uid == 0 || meta.uid == self.uid {
             return true;
         }
         let bits = if meta.uid == self.uid {

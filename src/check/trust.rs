@@ -52,7 +52,8 @@ impl Account {
         let Ok(m) = std::fs::metadata(dir) else {
             return false;
         };
-        if self.uid == 0 {
+        // The owner may chmod: the mode bits are no bound on it.
+        if self.uid == 0 || m.uid() == self.uid {
             return true;
         }
         let mode = m.permissions().mode();
@@ -254,7 +255,9 @@ impl Account {
     /// True when the mode bits that apply to this account grant `bits`
     /// (root is granted everything, as the kernel does for files).
     fn may(&self, m: &std::fs::Metadata, bits: u32) -> bool {
-        if self.uid == 0 {
+        // The owner may chmod: whatever the mode bits say now, it can give
+        // itself any of them.
+        if self.uid == 0 || m.uid() == self.uid {
             return true;
         }
         let mode = m.permissions().mode();

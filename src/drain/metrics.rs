@@ -480,11 +480,18 @@ impl Exporter {
 /// else a short error. One request per connection.
 fn answer(mut stream: TcpStream, body: impl FnOnce() -> String) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
     stream.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+    // One deadline for the whole request: a client that trickles a byte
+    // at a time must not hold the exporter (and the drain's stop) for long.
+    let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;

@@ -395,17 +395,27 @@ pub fn requeue(
     let all = names.iter().any(|n| n == "ALL");
     let mut count = 0;
     let mut missing = None;
+    let mut first_error: Option<StoreError> = None;
     if all {
         for spool in &spools {
             for entry in spool.list(Folder::Failed)? {
-                if spool.requeue(&entry.name)? {
-                    writeln!(
-                        out,
-                        "requeued {}/{}",
-                        spool.route(),
-                        printable(&entry.name, 200)
-                    )?;
-                    count += 1;
+                // One message's trouble (its owner, the deliver account,
+                // may have made it unreadable) does not stop the others.
+                match spool.requeue(&entry.name) {
+                    Ok(true) => {
+                        writeln!(
+                            out,
+                            "requeued {}/{}",
+                            spool.route(),
+                            printable(&entry.name, 200)
+                        )?;
+                        count += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = writeln!(io::stderr(), "mailpipe: {e}");
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -433,6 +443,9 @@ pub fn requeue(
         }
     }
     writeln!(out, "{count} message(s) requeued")?;
+    if let Some(e) = first_error {
+        return Err(QueueError::Store(e));
+    }
     match missing {
         Some(name) => Err(QueueError::NotFailed(name)),
         None => Ok(()),

@@ -574,14 +574,27 @@ impl RouteSpool {
         let Some(_lock) = self.lock_at(Folder::Failed, name)? else {
             return Ok(false);
         };
-        // Sidecar first: a crash in between leaves a failed message without
-        // its reason, never a requeued one that is given up at once.
-        self.remove_state(name)?;
-        match failed.move_noreplace(name, new, name) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("requeue", self.path(Folder::Failed, name))(e)),
+        // The name may be taken in new/ (the deliver account can make any
+        // name there): then a fresh one, never a replacement. The sidecar
+        // goes after the move; a crash in between leaves a requeued
+        // message with its old state, which the next attempt overwrites.
+        let mut target = name.to_string();
+        for _ in 0..4 {
+            match failed.move_noreplace(name, new, &target) {
+                Ok(()) => {
+                    let _ = self.remove_state(name);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    target = layout::unique_name(None);
+                }
+                Err(e) => return Err(io_err("requeue", self.path(Folder::Failed, name))(e)),
+            }
         }
+        Err(io_err("requeue", self.path(Folder::Failed, name))(
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ))
     }
 
     /// True when a drain holds `name` in `folder` right now; false when it
@@ -594,13 +607,13 @@ impl RouteSpool {
         let Some(dir) = self.folder(folder) else {
             return Ok(false);
         };
-        let path = || self.path(folder, name);
-        let file = match dir.open_file(name, None) {
-            Ok((f, _)) => f,
-            Err(EntryError::Io(e)) => return Err(io_err("open", path())(e)),
-            Err(_) => return Ok(false),
+        // A file that cannot be opened (its owner, the deliver account,
+        // may chmod it) or locked is not held by a drain: counted as
+        // orphaned, never a reason to stop listing the spool.
+        let Ok((file, _)) = dir.open_file(name, None) else {
+            return Ok(false);
         };
-        Ok(!try_lock(&file, Lock::Shared).map_err(io_err("lock", path()))?)
+        Ok(!try_lock(&file, Lock::Shared).unwrap_or(true))
     }
 }
 
@@ -723,8 +736,15 @@ impl Claim<'_> {
             self.spool.need(Folder::Failed)?,
         );
         let from = self.spool.path(Folder::Work, &self.name);
-        work.move_noreplace(&self.name, failed, &self.name)
-            .map_err(io_err("move to failed/", from))?;
+        // A name already in failed/ (a copy the deliver account planted in
+        // new/ under a failed message's name): a fresh name, never a
+        // replacement and never a loop back to new/.
+        match work.move_noreplace(&self.name, failed, &self.name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => work
+                .move_noreplace(&self.name, failed, &layout::unique_name(None))
+                .map_err(io_err("move to failed/", from))?,
+            other => other.map_err(io_err("move to failed/", from))?,
+        }
         self.settled = true;
         failed.sync().map_err(io_err(
             "fsync",
