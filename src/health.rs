@@ -236,7 +236,10 @@ pub fn evaluate(config: &Config, t: Thresholds) -> Report {
         if state != State::Ok {
             problems.push((
                 state,
-                format!("oldest message waiting {} ({age}s)", short_age(age)),
+                format!(
+                    "oldest message waiting {} ({age}s)",
+                    crate::drain::queue::age(age)
+                ),
             ));
         }
     }
@@ -289,7 +292,7 @@ pub fn evaluate(config: &Config, t: Thresholds) -> Report {
     let queued: usize = counts.iter().map(RouteCounts::queued).sum();
     let summary = format!(
         "{queued} queued, oldest {}",
-        oldest.map_or_else(|| "-".to_string(), short_age)
+        oldest.map_or_else(|| "-".to_string(), crate::drain::queue::age)
     );
     let text = if problems.is_empty() {
         summary
@@ -339,16 +342,6 @@ pub fn evaluate(config: &Config, t: Thresholds) -> Report {
             state.word(),
             printable(&text, 900).replace('|', "/")
         ),
-    }
-}
-
-/// `45s`, `12m`, `3h12m`, `2d4h`.
-fn short_age(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
-        _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
     }
 }
 

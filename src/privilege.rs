@@ -92,29 +92,33 @@ pub fn spool_owner(spool_root: &Path) -> Result<Option<Account>, PrivilegeError>
     account(meta.uid).map(Some)
 }
 
+/// The numbers `id FLAG -- WHO` prints (`-u`, `-g`, `-G`; `WHO` a name or
+/// `+UID`). id(1) sees every NSS source the system is set up with (LDAP,
+/// sssd, systemd), and a statically linked mailpipe must not load NSS
+/// modules itself; `check` asks it the same way.
+///
+/// # Errors
+/// Why id(1) gave no numbers, printable.
+pub fn id_numbers(flag: &str, who: &str) -> Result<Vec<u32>, String> {
+    let out = Command::new("id")
+        .args([flag, "--", who])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(printable(String::from_utf8_lossy(&out.stderr).trim(), 200));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().map_err(|_| "id(1) printed no number".to_string()))
+        .collect()
+}
+
 /// The primary and supplementary groups of `uid`, from id(1).
 fn account(uid: u32) -> Result<Account, PrivilegeError> {
-    let id = |flag: &str| -> Result<Vec<u32>, PrivilegeError> {
-        let out = Command::new("id")
-            .args([flag, "--", &format!("+{uid}")])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .map_err(|e| PrivilegeError::Groups(uid, e.to_string()))?;
-        if !out.status.success() {
-            return Err(PrivilegeError::Groups(
-                uid,
-                printable(String::from_utf8_lossy(&out.stderr).trim(), 200),
-            ));
-        }
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(|n| {
-                n.parse()
-                    .map_err(|_| PrivilegeError::Groups(uid, "id(1) printed no number".into()))
-            })
-            .collect()
-    };
+    let who = format!("+{uid}");
+    let id = |flag| id_numbers(flag, &who).map_err(|why| PrivilegeError::Groups(uid, why));
     let gid = *id("-g")?
         .first()
         .ok_or_else(|| PrivilegeError::Groups(uid, "no primary group".into()))?;

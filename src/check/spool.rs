@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::trust::Account;
 use super::{Level, Report};
 use crate::config::{Config, Route};
-use crate::layout::{self, Dir, Folder, Kind, Meta};
+use crate::layout::{self, Dir, Folder, Kind};
 use crate::status::printable;
 
 /// The spool steps (below), as the spool's owner when run as
@@ -30,12 +30,7 @@ pub(super) fn check_spool(config: &Config, user: &str, report: &mut Report) {
         );
         return;
     };
-    let deliver = DeliverAccount {
-        name: account.name.clone(),
-        uid: account.uid,
-        gids: account.gids.clone(),
-    };
-    let steps = || check(config, &deliver);
+    let steps = || check(config, &account);
     // A missing root is reported by the steps themselves (nothing to become).
     let result = if crate::layout::Dir::open_root(&config.spool.dir).is_err() {
         Ok(steps())
@@ -72,32 +67,6 @@ pub struct SpoolFinding {
     pub hint: String,
 }
 
-/// The account Postfix runs `deliver` as, for "could it write there".
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeliverAccount {
-    pub name: String,
-    pub uid: u32,
-    pub gids: Vec<u32>,
-}
-
-impl DeliverAccount {
-    /// Write and search permission on a folder, by its mode bits.
-    pub fn can_write(&self, meta: &Meta) -> bool {
-        // The owner may chmod: the mode bits are no bound on it.
-        if self.uid == 0 || meta.uid == self.uid {
-            return true;
-        }
-        let bits = if meta.uid == self.uid {
-            meta.mode >> 6
-        } else if self.gids.contains(&meta.gid) {
-            meta.mode >> 3
-        } else {
-            meta.mode
-        };
-        bits & 0o3 == 0o3
-    }
-}
-
 #[derive(Default)]
 struct Out(Vec<SpoolFinding>);
 
@@ -126,7 +95,7 @@ fn show(path: &Path) -> String {
 }
 
 /// Runs every spool step for `config`, judged against `deliver`.
-pub fn check(config: &Config, deliver: &DeliverAccount) -> Vec<SpoolFinding> {
+pub(super) fn check(config: &Config, deliver: &Account) -> Vec<SpoolFinding> {
     let mut out = Out::default();
     let root = &config.spool.dir;
     let subject = "spool.dir";
@@ -173,7 +142,7 @@ pub fn check(config: &Config, deliver: &DeliverAccount) -> Vec<SpoolFinding> {
          mailpipe.conf)",
         show(root)
     );
-    if meta.uid == deliver.uid || deliver.can_write(&meta) {
+    if meta.uid == deliver.uid || deliver.can_write_meta(&meta) {
         out.error(
             subject,
             format!(
@@ -208,7 +177,7 @@ pub fn check(config: &Config, deliver: &DeliverAccount) -> Vec<SpoolFinding> {
     out.0
 }
 
-fn check_route(root: &Dir, route: Route, owner: u32, deliver: &DeliverAccount, out: &mut Out) {
+fn check_route(root: &Dir, route: Route, owner: u32, deliver: &Account, out: &mut Out) {
     let subject = format!("spool {route}");
     let path = root.path().join(route.as_str());
     let dir = match root.open_sub(route.as_str()) {
@@ -240,7 +209,7 @@ fn check_route(root: &Dir, route: Route, owner: u32, deliver: &DeliverAccount, o
     let errors_before = out.0.iter().filter(|f| f.level == "error").count();
     let route_meta = dir.meta().ok();
     if let Some(m) = &route_meta
-        && deliver.can_write(m)
+        && deliver.can_write_meta(m)
     {
         out.error(
             &subject,
@@ -269,7 +238,7 @@ fn check_route(root: &Dir, route: Route, owner: u32, deliver: &DeliverAccount, o
             ),
             Ok(Some(m)) if m.kind == Kind::Directory => {
                 devices.push(m.dev);
-                let writable = deliver.can_write(&m);
+                let writable = deliver.can_write_meta(&m);
                 if folder.deliver_writes() && !writable {
                     out.error(
                         &subject,

@@ -20,24 +20,10 @@ pub(super) struct Account {
 }
 
 impl Account {
-    /// Asks id(1) rather than calling getpwnam(3) in this process: id
-    /// sees every NSS source the system is set up with (LDAP, sssd,
-    /// systemd), and a statically linked mailpipe must not load NSS
-    /// modules itself.
+    /// Asks id(1) rather than calling getpwnam(3) in this process (see
+    /// `privilege::id_numbers`).
     pub(super) fn lookup(name: &str) -> Option<Account> {
-        let id = |flag: &str| -> Option<Vec<u32>> {
-            let out = std::process::Command::new("id")
-                .args([flag, "--", name])
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(|n| n.parse().ok())
-                .collect()
-        };
+        let id = |flag| crate::privilege::id_numbers(flag, name).ok();
         let uid = *id("-u")?.first()?;
         let gids = id("-G")?;
         Some(Account {
@@ -47,24 +33,30 @@ impl Account {
         })
     }
 
-    /// Write and search permission on a directory, by its mode bits.
-    fn can_write(&self, dir: &Path) -> bool {
-        let Ok(m) = std::fs::metadata(dir) else {
-            return false;
-        };
-        // The owner may chmod: the mode bits are no bound on it.
-        if self.uid == 0 || m.uid() == self.uid {
+    /// The one permission rule of `check`: true when a file of `owner`,
+    /// `group` and `mode` grants this account `bits` (in other's position).
+    /// Root is granted everything, as the kernel does; so is the owner,
+    /// which may chmod whatever the mode bits say now.
+    pub(super) fn grants(&self, owner: u32, group: u32, mode: u32, bits: u32) -> bool {
+        if self.uid == 0 || owner == self.uid {
             return true;
         }
-        let mode = m.permissions().mode();
-        let bits = if m.uid() == self.uid {
-            mode >> 6
-        } else if self.gids.contains(&m.gid()) {
+        let class = if self.gids.contains(&group) {
             mode >> 3
         } else {
             mode
         };
-        bits & 0o3 == 0o3
+        class & bits == bits
+    }
+
+    /// Write and search permission on a folder.
+    fn can_write(&self, dir: &Path) -> bool {
+        std::fs::metadata(dir).is_ok_and(|m| self.may(&m, WRITE | SEARCH))
+    }
+
+    /// Write and search permission on a folder `fstatat` described.
+    pub(super) fn can_write_meta(&self, m: &crate::layout::Meta) -> bool {
+        self.grants(m.uid, m.gid, m.mode, WRITE | SEARCH)
     }
 }
 
@@ -252,23 +244,9 @@ const WRITE: u32 = 0o2;
 const SEARCH: u32 = 0o1;
 
 impl Account {
-    /// True when the mode bits that apply to this account grant `bits`
-    /// (root is granted everything, as the kernel does for files).
+    /// True when the mode bits that apply to this account grant `bits`.
     fn may(&self, m: &std::fs::Metadata, bits: u32) -> bool {
-        // The owner may chmod: whatever the mode bits say now, it can give
-        // itself any of them.
-        if self.uid == 0 || m.uid() == self.uid {
-            return true;
-        }
-        let mode = m.permissions().mode();
-        let class = if m.uid() == self.uid {
-            mode >> 6
-        } else if self.gids.contains(&m.gid()) {
-            mode >> 3
-        } else {
-            mode
-        };
-        class & bits == bits
+        self.grants(m.uid(), m.gid(), m.permissions().mode(), bits)
     }
 
     /// True when every folder above `path` lets this account pass.

@@ -452,8 +452,8 @@ pub fn requeue(
     }
 }
 
-/// A short age: `45s`, `12m`, `3h12m`, `2d4h`.
-fn age(secs: u64) -> String {
+/// A short age: `45s`, `12m`, `3h12m`, `2d4h` (`queue` and `health`).
+pub(crate) fn age(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
