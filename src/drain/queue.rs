@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError, Route};
 use crate::status::{AdminOutcome, printable};
 
 use super::breaker::{self, HoldRecord};
+use super::snapshot::{self, RouteCounts, Seen};
 use super::store::{Folder, RouteSpool, State, StoreError};
 use super::unix_now;
 
@@ -128,16 +129,6 @@ struct Listed {
     state: Option<State>,
 }
 
-#[derive(Default)]
-struct Counts {
-    waiting: usize,
-    deferred: usize,
-    active: usize,
-    orphaned: usize,
-    failed: usize,
-    oldest: Option<u64>,
-}
-
 /// Writes the queue report for every configured route, as text or as one
 /// JSON object ([`render_json`]).
 ///
@@ -154,54 +145,31 @@ pub fn show(config: &Config, format: Format, out: &mut dyn Write) -> Result<(), 
     let mut unreadable_holds = Vec::new();
     for route in Route::ALL {
         let configured = config.route(route).is_some();
-        let mut counts = Counts::default();
+        let mut counts = RouteCounts::new(route, configured);
         if let Some(spool) = RouteSpool::for_reading(&config.spool.dir, route)? {
             match spool.state_dir().map(breaker::read_hold) {
                 Some(Ok(Some(hold))) if hold.in_force(now) => holds.push((route, hold)),
                 Some(Err(e)) => unreadable_holds.push((route, e)),
                 _ => {}
             }
-            let mut older = |arrived: u64| {
-                counts.oldest = Some(counts.oldest.map_or(arrived, |o| o.min(arrived)));
-            };
-            for entry in spool.list(Folder::New)? {
-                older(entry.arrived.0);
-                let state = spool.read_state(&entry.name).ok().flatten();
-                if state.as_ref().is_some_and(|s| s.attempts > 0) {
-                    counts.deferred += 1;
-                    deferred.push(Listed {
-                        route,
-                        name: entry.name,
-                        arrived: entry.arrived.0,
-                        state,
-                    });
-                } else {
-                    counts.waiting += 1;
-                }
-            }
-            for entry in spool.list(Folder::Work)? {
-                older(entry.arrived.0);
-                if spool.is_locked(Folder::Work, &entry.name)? {
-                    counts.active += 1;
-                } else {
-                    counts.orphaned += 1;
-                }
-            }
-            for entry in spool.list(Folder::Failed)? {
-                counts.failed += 1;
-                failed.push(Listed {
+            snapshot::count(&spool, &mut counts, |seen| match seen {
+                Seen::Deferred(entry, state) => deferred.push(Listed {
+                    route,
+                    name: entry.name.clone(),
+                    arrived: entry.arrived.0,
+                    state: Some(state.clone()),
+                }),
+                Seen::Failed(entry) => failed.push(Listed {
                     route,
                     state: spool.read_state(&entry.name).ok().flatten(),
-                    name: entry.name,
+                    name: entry.name.clone(),
                     arrived: entry.arrived.0,
-                });
-            }
+                }),
+            })?;
         }
-        let empty =
-            counts.waiting + counts.deferred + counts.active + counts.orphaned + counts.failed == 0;
         if configured {
             rows.push((route, counts));
-        } else if !empty {
+        } else if !counts.is_empty() {
             // Left by an earlier configuration: show it, or it is forgotten.
             unconfigured.push(route);
             rows.push((route, counts));
@@ -218,7 +186,7 @@ pub fn show(config: &Config, format: Format, out: &mut dyn Write) -> Result<(), 
     )?;
     for (route, c) in &rows {
         let oldest = c
-            .oldest
+            .oldest_arrival
             .map_or_else(|| "-".to_string(), |t| age(now.saturating_sub(t)));
         writeln!(
             out,
@@ -307,7 +275,7 @@ pub fn show(config: &Config, format: Format, out: &mut dyn Write) -> Result<(), 
 fn render_json(
     out: &mut dyn Write,
     now: u64,
-    rows: &[(Route, Counts)],
+    rows: &[(Route, RouteCounts)],
     unconfigured: &[Route],
     holds: &[(Route, HoldRecord)],
     deferred: &[Listed],
@@ -346,7 +314,7 @@ fn render_json(
                 "active": c.active,
                 "orphaned": c.orphaned,
                 "failed": c.failed,
-                "oldest_age_secs": c.oldest.map(|t| now.saturating_sub(t)),
+                "oldest_age_secs": c.oldest_arrival.map(|t| now.saturating_sub(t)),
             })
         })
         .collect();

@@ -1,6 +1,7 @@
-//! A read-only count of the spool, per route and state, for the metrics
-//! and `mailpipe health`: what waits, what is deferred and why, what is
-//! being posted, what a dead drain left, what failed, and since when.
+//! A read-only count of the spool, per route and state, for the metrics,
+//! `mailpipe health` and `mailpipe queue`: what waits, what is deferred and
+//! why, what is being posted, what a dead drain left, what failed, and since
+//! when.
 //!
 //! Must not: write anything in the spool, read message content, or read a
 //! secret. It sees only names, locks and the drain's sidecar files.
@@ -16,7 +17,7 @@ use std::path::Path;
 
 use crate::config::{Config, Route};
 
-use super::store::{Folder, RouteSpool, StoreError};
+use super::store::{Entry, Folder, RouteSpool, State, StoreError};
 
 /// HTTP statuses that say GitLab will not take any mail for the route
 /// (wrong secret, mailbox disabled): `http::classify` keeps such
@@ -49,7 +50,7 @@ pub struct RouteCounts {
 }
 
 impl RouteCounts {
-    fn new(route: Route, configured: bool) -> RouteCounts {
+    pub fn new(route: Route, configured: bool) -> RouteCounts {
         RouteCounts {
             route,
             configured,
@@ -71,7 +72,7 @@ impl RouteCounts {
         self.waiting + self.deferred + self.active + self.orphaned
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.queued() + self.failed == 0
     }
 }
@@ -94,7 +95,7 @@ fn scan_root(
     for route in Route::ALL {
         let mut c = RouteCounts::new(route, configured(route));
         if let Some(spool) = RouteSpool::for_reading(root, route)? {
-            count(&spool, &mut c)?;
+            count(&spool, &mut c, |_| {})?;
         }
         if c.configured || !c.is_empty() {
             all.push(c);
@@ -103,7 +104,24 @@ fn scan_root(
     Ok(all)
 }
 
-fn count(spool: &RouteSpool, c: &mut RouteCounts) -> Result<(), StoreError> {
+/// A message [`count`] looked at that a caller may list (`mailpipe
+/// queue`): a deferred one in `new/` with its sidecar, or a failed one.
+pub enum Seen<'a> {
+    Deferred(&'a Entry, &'a State),
+    Failed(&'a Entry),
+}
+
+/// Counts one route's messages into `c`, telling `seen` about each
+/// deferred and failed one. The one place that decides which state a
+/// message is in (metrics, health and `queue` alike).
+///
+/// # Errors
+/// `Io` when a folder cannot be read.
+pub fn count(
+    spool: &RouteSpool,
+    c: &mut RouteCounts,
+    mut seen: impl FnMut(Seen<'_>),
+) -> Result<(), StoreError> {
     let older = |c: &mut RouteCounts, arrived: u64| {
         c.oldest_arrival = Some(c.oldest_arrival.map_or(arrived, |o| o.min(arrived)));
     };
@@ -118,6 +136,7 @@ fn count(spool: &RouteSpool, c: &mut RouteCounts) -> Result<(), StoreError> {
         match state {
             Some(s) if s.attempts > 0 => {
                 c.deferred += 1;
+                seen(Seen::Deferred(&entry, &s));
                 if let Some(code) = s.last_status.filter(|s| REFUSED_BY_GITLAB.contains(s)) {
                     c.refused += 1;
                     let at = s.last_attempt.unwrap_or(0);
@@ -139,6 +158,9 @@ fn count(spool: &RouteSpool, c: &mut RouteCounts) -> Result<(), StoreError> {
             c.orphaned += 1;
         }
     }
-    c.failed = spool.list(Folder::Failed)?.len();
+    for entry in spool.list(Folder::Failed)? {
+        c.failed += 1;
+        seen(Seen::Failed(&entry));
+    }
     Ok(())
 }
