@@ -288,6 +288,9 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    if let Some(cli) = parse_deliver(&args) {
+        return ParseOutcome::Run(cli);
+    }
     match Cli::try_parse_from(&args) {
         Ok(cli) => ParseOutcome::Run(cli),
         Err(e) => match e.kind() {
@@ -312,6 +315,26 @@ where
             }
         },
     }
+}
+
+/// `deliver` alone, by a command tree that holds only its flags. Postfix
+/// starts mailpipe once per message, and building clap's tree of every
+/// command (and dropping it) was a fifth of a 4 KB delivery's instructions
+/// (callgrind, bench/RESULTS.md). Only a success is taken from here: help,
+/// a misspelt flag or any other error gives `None`, and [`parse`] parses
+/// again with the whole tree, so every text and outcome stays the one
+/// `Cli` gives (the test `deliver_fast_path_agrees_with_the_whole_tree`).
+fn parse_deliver(args: &[std::ffi::OsString]) -> Option<Cli> {
+    use clap::FromArgMatches;
+    if args.get(1).is_none_or(|word| word != "deliver") {
+        return None;
+    }
+    let deliver = EnvelopeArgs::augment_args(clap::Command::new("deliver"));
+    let matches = deliver.try_get_matches_from(&args[1..]).ok()?;
+    let envelope = EnvelopeArgs::from_arg_matches(&matches).ok()?;
+    Some(Cli {
+        command: Command::Deliver(envelope),
+    })
 }
 
 /// True when `word` (the first argument) names a command other than
@@ -408,5 +431,55 @@ mod tests {
                 "{postfix:?}"
             );
         }
+    }
+
+    #[test]
+    fn deliver_fast_path_agrees_with_the_whole_tree() {
+        let whole = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(Cli {
+                command: Command::Deliver(a),
+            }) => Some(format!("{a:?}")),
+            _ => None,
+        };
+        let cases: &[&[&str]] = &[
+            &["mailpipe", "deliver"],
+            &["mailpipe", "deliver", "--recipient=a@b", "--sender="],
+            &["mailpipe", "deliver", "--recipient", "-a@b", "--sender", "-"],
+            &["mailpipe", "deliver", "--config=/x", "--queue-id=Q1"],
+            &["mailpipe", "deliver", "--recipient=a", "--recipient=b"],
+            &["mailpipe", "deliver", "--original-recipient=o", "--recipient=r"],
+            &["mailpipe", "deliver", "--config"],
+            &["mailpipe", "deliver", "--help"],
+            &["mailpipe", "deliver", "-h"],
+            &["mailpipe", "deliver", "--version"],
+            &["mailpipe", "deliver", "--bogus"],
+            &["mailpipe", "deliver", "stray"],
+            &["mailpipe", "deliver", "--sender=a", "--sender=b"],
+            &["mailpipe", "deliver", "--recip=a"],
+            &["mailpipe", "deliver", "--", "--recipient=a"],
+            &["mailpipe", "explain", "--recipient=a"],
+        ];
+        for args in cases {
+            let os: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            let fast = parse_deliver(&os).map(|cli| match cli.command {
+                Command::Deliver(a) => format!("{a:?}"),
+                other => panic!("fast path gave {other:?}"),
+            });
+            if let Some(fast) = fast {
+                assert_eq!(Some(fast), whole(args), "{args:?}");
+            }
+            // Whatever the fast path declines, `parse` still answers as
+            // the whole tree does.
+            let outcome = format!("{:?}", parse(args.iter().copied()));
+            let expected = match Cli::try_parse_from(*args) {
+                Ok(cli) => format!("{:?}", ParseOutcome::Run(cli)),
+                Err(_) => outcome.clone(),
+            };
+            assert_eq!(outcome, expected, "{args:?}");
+        }
+        // The usual Postfix line takes the fast path.
+        let postfix = ["mailpipe", "deliver", "--sender=s@x", "--recipient=r@y", "--queue-id=Q"];
+        let os: Vec<std::ffi::OsString> = postfix.iter().map(Into::into).collect();
+        assert!(parse_deliver(&os).is_some());
     }
 }

@@ -5,7 +5,7 @@
 //! drain hands to GitLab's mail_room API. No IMAP mailbox, no poller.
 //!
 //! Layout, top to bottom (dependencies point downward):
-//! - `main.rs`: panic hook, parse, run, exit code;
+//! - `main.rs`: process set-up ([`runtime`]), panic hook, parse, run, exit code;
 //! - commands: [`deliver`] (deliver, explain), [`check`] (its steps in
 //!   `check/`: setup, postfix, trust, spool, the `--send-test` probe),
 //!   [`drain`] (drain, queue, requeue), [`health`] (the monitoring
@@ -39,6 +39,7 @@ pub mod postfix;
 pub mod privilege;
 
 pub mod random;
+pub mod runtime;
 pub mod spool;
 
 pub mod status;
