@@ -444,10 +444,22 @@ mod tests {
         let cases: &[&[&str]] = &[
             &["mailpipe", "deliver"],
             &["mailpipe", "deliver", "--recipient=a@b", "--sender="],
-            &["mailpipe", "deliver", "--recipient", "-a@b", "--sender", "-"],
+            &[
+                "mailpipe",
+                "deliver",
+                "--recipient",
+                "-a@b",
+                "--sender",
+                "-",
+            ],
             &["mailpipe", "deliver", "--config=/x", "--queue-id=Q1"],
             &["mailpipe", "deliver", "--recipient=a", "--recipient=b"],
-            &["mailpipe", "deliver", "--original-recipient=o", "--recipient=r"],
+            &[
+                "mailpipe",
+                "deliver",
+                "--original-recipient=o",
+                "--recipient=r",
+            ],
             &["mailpipe", "deliver", "--config"],
             &["mailpipe", "deliver", "--help"],
             &["mailpipe", "deliver", "-h"],
@@ -478,7 +490,13 @@ mod tests {
             assert_eq!(outcome, expected, "{args:?}");
         }
         // The usual Postfix line takes the fast path.
-        let postfix = ["mailpipe", "deliver", "--sender=s@x", "--recipient=r@y", "--queue-id=Q"];
+        let postfix = [
+            "mailpipe",
+            "deliver",
+            "--sender=s@x",
+            "--recipient=r@y",
+            "--queue-id=Q",
+        ];
         let os: Vec<std::ffi::OsString> = postfix.iter().map(Into::into).collect();
         assert!(parse_deliver(&os).is_some());
     }

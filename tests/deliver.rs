@@ -439,6 +439,43 @@ fn broken_stderr_and_stdout_do_not_change_the_exit_code() {
     }
 }
 
+/// Postfix always gives three open descriptors, but a `.forward` or cron
+/// line may not: with stdout and stderr closed, the message file must not
+/// become descriptor 1 and take the status line (src/runtime.rs reopens
+/// closed standard descriptors on /dev/null, as Rust's runtime did).
+#[test]
+fn closed_standard_descriptors_never_reach_the_message() {
+    let s = TestSpool::new("closedfds");
+    let msg = message(&incoming(REPLY_KEY), "");
+    let input = write_tmp(&s, &msg);
+    for redirect in [">&- 2>&-", "<&- >&- 2>&-"] {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec \"$0\" deliver --config=\"$1\" --recipient=\"$2\" < \"$3\" {redirect}"
+            ))
+            .arg(BIN)
+            .arg(&s.config)
+            .arg(incoming(REPLY_KEY))
+            .arg(&input)
+            .status()
+            .unwrap();
+        // With stdin closed too there is no message: 65, nothing stored.
+        let (code, stored) = if redirect.starts_with("<&-") {
+            (65, 0)
+        } else {
+            (0, 1)
+        };
+        assert_eq!(status.code(), Some(code), "{redirect}");
+        let files = s.files(IE);
+        assert_eq!(files.len(), stored, "{redirect}");
+        for f in files {
+            assert_eq!(std::fs::read(&f).unwrap(), msg, "{redirect}");
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}
+
 // ---- GitLab's vectors, as messages of our own -------------------------------
 // From spec/lib/gitlab/email/handler/*_spec.rb and
 // gems/gitlab-email_handler/spec/gitlab/email_handler/{identifier,mail_key}_spec.rb,
