@@ -19,6 +19,11 @@
 # The code behind it: bench_drain_breaker in tests/drain_breaker.rs.
 set -eu
 cd "$(dirname "$0")/.."
+# Its own target folder: `cargo test --release` would otherwise replace
+# target/release/mailpipe, the static build bench/run and the packages use,
+# with a dynamically linked one.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
+export CARGO_TARGET_DIR
 [ "$#" -gt 0 ] || set -- 30:3600 1:8
 cargo test --release --test drain_breaker --no-run -q
 for schedule in "$@"; do

@@ -9,6 +9,11 @@
 # The test behind it: bench_drain_small_messages in tests/drain.rs.
 set -eu
 cd "$(dirname "$0")/.."
+# Its own target folder: `cargo test --release` would otherwise replace
+# target/release/mailpipe, the static build bench/run and the packages use,
+# with a dynamically linked one.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/bench}"
+export CARGO_TARGET_DIR
 messages="${1:-1000}"
 concurrency="${2:-4}"
 runs="${3:-3}"

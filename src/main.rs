@@ -23,27 +23,27 @@ use mailpipe::cli::{self, Command, ParseOutcome};
 use mailpipe::status::{self, AdminOutcome, Deferral, Status};
 use mailpipe::{check, deliver, drain, health, policy, runtime, spool};
 
-/// The process entry (C's `main`, called by glibc's start-up code). The
-/// arguments are read through `std::env::args_os`, which glibc hands std
-/// before `main` runs.
+/// The process entry (C's `main`, called by glibc's start-up code).
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     if runtime::start().is_err() {
         // Standard descriptors closed and /dev/null unopenable: nothing
         // can be said, and exit 75 makes Postfix keep the message.
         return libc::c_int::from(Status::Deferred(Deferral::Internal, String::new()).exit_code());
     }
-    let code = run();
+    // SAFETY: argc and argv are exactly what the C runtime passed to main.
+    let args = unsafe { runtime::arguments(argc, argv) };
+    let code = run(args);
     // Rust's runtime would flush stdout after `main`; without it, do it.
     let _ = std::io::stdout().flush();
     libc::c_int::from(code)
 }
 
-fn run() -> u8 {
+fn run(args: Vec<std::ffi::OsString>) -> u8 {
     status::install_panic_hook(spool::abandon_in_flight);
 
-    let command = match cli::parse(std::env::args_os()) {
+    let command = match cli::parse(args) {
         ParseOutcome::Info(text) => {
             let _ = std::io::stdout().write_all(text.as_bytes());
             return 0;

@@ -6,15 +6,17 @@
 //! reads and `sscanf`s /proc/self/maps) to arm a stack-overflow handler on
 //! an alternate signal stack: a tenth of a 4 KB delivery's instructions and
 //! nine of its system calls (callgrind and strace, bench/RESULTS.md). The
-//! two things it does that mailpipe relies on are done here instead: the
-//! standard descriptors are made valid, and SIGPIPE is ignored. A stack
-//! overflow now ends in a plain SIGSEGV instead of std's SIGABRT; either
-//! way pipe(8) sees a signal and defers the message ("Command died with
-//! signal", `pipe_command.c`), and no code path in mailpipe recurses
-//! without a bound.
+//! things it does that mailpipe relies on are done here instead: the
+//! standard descriptors are made valid, SIGPIPE is ignored, and the
+//! arguments are taken from `main`'s own `argc`/`argv`. A stack overflow
+//! now ends in a plain SIGSEGV instead of std's message and SIGABRT, in
+//! every thread (the drain's and the policy service's too: systemd logs
+//! the signal); for `deliver` either way pipe(8) sees a signal and defers
+//! the message ("Command died with signal", `pipe_command.c`), and no code
+//! path in mailpipe recurses without a bound.
 //!
-//! Must not: allocate, or touch anything but descriptors 0–2 and signal
-//! dispositions; it runs before anything else.
+//! Must not: allocate (but for the argument list), or touch anything but
+//! descriptors 0–2 and signal dispositions; it runs before anything else.
 //! Fails: [`start`] returns an error only when a closed standard descriptor
 //! cannot be replaced by /dev/null; `main.rs` then exits 75 (EX_TEMPFAIL,
 //! so Postfix keeps the message) without writing anything.
@@ -42,6 +44,31 @@ pub fn start() -> Result<(), StartError> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     Ok(())
+}
+
+/// The command line as `main` received it. Not `std::env::args_os`: that
+/// is filled by Rust's runtime start-up, which `#![no_main]` skips, and
+/// works without it only on glibc (a hook in `.init_array`); a musl build
+/// would see no arguments, and every message would defer as "no command".
+///
+/// # Safety
+/// `argc` and `argv` must be the values the C runtime passed to `main`:
+/// `argc` valid NUL-terminated strings, in memory that lives as long as the
+/// process.
+pub unsafe fn arguments(
+    argc: libc::c_int,
+    argv: *const *const libc::c_char,
+) -> Vec<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let count = usize::try_from(argc).unwrap_or(0);
+    (0..count)
+        .map(|i| {
+            // SAFETY: i < argc, and each argv[i] is a C string (caller's
+            // contract); the bytes are copied, never assumed UTF-8.
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            std::ffi::OsStr::from_bytes(arg.to_bytes()).to_os_string()
+        })
+        .collect()
 }
 
 fn open_standard_descriptors() -> Result<(), StartError> {
