@@ -245,6 +245,42 @@ fn metrics_listener_matches_a_spool_held_by_a_401() {
     assert!(drain.wait(SECS(20)).success(), "{}", drain.log());
 }
 
+/// A held route is shown as held while GitLab fails and as no longer held
+/// once a probe got through (the breaker's Released event).
+#[test]
+fn route_held_gauge_clears_when_the_route_is_released() {
+    let gitlab = GitLab::start(&both_secrets(), Mode::Status(503));
+    let port = free_port();
+    let f = Fixture::new(
+        "metrics-release",
+        &gitlab.url(),
+        &format!(
+            "metrics_listen = \"127.0.0.1:{port}\"\nconcurrency = 1\nhold_after_failures = 1\nretry_initial_secs = 1"
+        ),
+    );
+    f.add_many(INCOMING, 0, 3);
+    let mut drain = f.spawn_drain(&[]);
+    eventually(SECS(30), "the metrics listener", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let held = |want: f64| {
+        let (status, body) = get(port, "/metrics");
+        status == "HTTP/1.1 200 OK"
+            && sample(
+                &samples(&body),
+                &format!("mailpipe_drain_route_held{{route=\"{INCOMING}\"}}"),
+            ) == want
+    };
+    eventually(SECS(30), "the route held after a 503", || held(1.0));
+    gitlab.set_mode(Mode::Accept);
+    eventually(SECS(30), "every message delivered", || {
+        files_in(&f, INCOMING, "new") + files_in(&f, INCOMING, "work") == 0
+    });
+    eventually(SECS(10), "the route no longer held", || held(0.0));
+    drain.signal(libc::SIGTERM);
+    assert!(drain.wait(SECS(20)).success(), "{}", drain.log());
+}
+
 #[test]
 fn metrics_textfile_after_a_once_run_counts_every_delivery() {
     let gitlab = GitLab::start(&both_secrets(), Mode::Accept);

@@ -450,6 +450,7 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     now.saturating_sub(*since).as_secs()
                 ));
                 self.remove_hold(route);
+                ctx.metrics.set_route_held(route, false, false);
                 self.rescan = true;
             }
         }
