@@ -256,7 +256,8 @@ fn spool_status(e: &SpoolError) -> Status {
 /// written, one JSON object on stdout. It always succeeds (the JSON's
 /// `exit_code` is what `deliver` would answer).
 pub fn explain(config_path: &Path, envelope: &Envelope) -> AdminOutcome {
-    let (decision, status) = match Config::load(config_path) {
+    let config = Config::load(config_path);
+    let (decision, status) = match &config {
         Err(e) => (None, Status::Deferred(Deferral::Config, e.to_string())),
         Ok(config) => match read_head(config.limits.header_bytes) {
             Err(e) => (
@@ -264,9 +265,9 @@ pub fn explain(config_path: &Path, envelope: &Envelope) -> AdminOutcome {
                 Status::Deferred(Deferral::Input, format!("reading stdin: {e}")),
             ),
             Ok(head) => {
-                let d = decide::decide(&config, envelope, head.message(), head.complete);
+                let d = decide::decide(config, envelope, head.message(), head.complete);
                 let status = match d.status() {
-                    Status::Accepted => dry_run_store(&config, &head),
+                    Status::Accepted => dry_run_store(config, &head),
                     other => other.clone(),
                 };
                 (Some(d), status)
@@ -275,7 +276,7 @@ pub fn explain(config_path: &Path, envelope: &Envelope) -> AdminOutcome {
     };
     let decision = decision.unwrap_or_else(|| Decision::refuse(status.clone()));
     let mut explanation = decision.explain(&status);
-    explanation.policy = policy_answer(config_path, envelope);
+    explanation.policy = config.ok().and_then(|c| policy_answer(&c, envelope));
     let json = serde_json::to_string(&explanation);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", json.unwrap_or_else(|_| "{}".into()));
@@ -285,23 +286,16 @@ pub fn explain(config_path: &Path, envelope: &Envelope) -> AdminOutcome {
 
 /// What the policy service would answer at RCPT TO for this envelope's
 /// recipient: the same function it runs, without spending a rate token.
-/// `None` without a recipient or a usable config (the policy then says
-/// DUNNO, but there is nothing to show).
-fn policy_answer(config_path: &Path, envelope: &Envelope) -> Option<String> {
-    let config = Config::load(config_path).ok()?;
+/// `None` without a recipient (or, at the caller, without a usable
+/// config: the policy then says DUNNO, but there is nothing to show).
+fn policy_answer(config: &Config, envelope: &Envelope) -> Option<String> {
     let recipient = envelope
         .original_recipients
         .first()
         .or(envelope.recipients.first())?;
     let sender = envelope.sender.as_deref().unwrap_or("");
-    let answer = crate::policy::answer::for_recipient(
-        &config,
-        sender,
-        recipient,
-        None,
-        None,
-        Instant::now(),
-    );
+    let answer =
+        crate::policy::answer::for_recipient(config, sender, recipient, None, None, Instant::now());
     Some(answer.action)
 }
 
