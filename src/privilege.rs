@@ -177,11 +177,25 @@ pub fn as_spool_owner<T>(spool_root: &Path, work: impl FnOnce() -> T) -> Result<
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
+    let owner = spool_owner(spool_root).map_err(|e| e.to_string())?;
+    as_account(owner.as_ref(), work)
+}
+
+/// [`as_spool_owner`] with the owner already looked up ([`spool_owner`]):
+/// `None` runs `work` directly. For a caller that runs work as the owner
+/// again and again (`check --send-test` polls the spool), so id(1) runs
+/// once, not on every poll.
+///
+/// # Errors
+/// As [`as_spool_owner`], but for the look-up.
+pub fn as_account<T>(account: Option<&Account>, work: impl FnOnce() -> T) -> Result<T, String>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
     use std::io::{Read, Write};
     use std::os::fd::FromRawFd;
-    let account = match spool_owner(spool_root).map_err(|e| e.to_string())? {
-        None => return Ok(work()),
-        Some(a) => a,
+    let Some(account) = account else {
+        return Ok(work());
     };
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors.
@@ -204,7 +218,7 @@ where
     if pid == 0 {
         drop(reader);
         let mut writer = writer;
-        let text = match become_account(&account) {
+        let text = match become_account(account) {
             Ok(()) => serde_json::to_vec(&Ok::<T, String>(work())),
             Err(e) => serde_json::to_vec(&Err::<T, String>(e.to_string())),
         };

@@ -92,8 +92,16 @@ pub fn send(config: &Config, postfix: &Postfix, report: &mut Report) {
     let since = since
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    // The owner once: every poll below would run id(1) again otherwise.
+    let owner = match crate::privilege::spool_owner(&config.spool.dir) {
+        Ok(owner) => owner,
+        Err(why) => {
+            push(report, Level::Error, why.to_string(), "");
+            return;
+        }
+    };
     while started.elapsed() < WAIT {
-        let found = crate::privilege::as_spool_owner(&config.spool.dir, || {
+        let found = crate::privilege::as_account(owner.as_ref(), || {
             take_probe(&config.spool.dir, &token, since)
         });
         let found = match found {
