@@ -214,10 +214,11 @@ fn check_routing(config: &Config, postfix: &Postfix, name: &str, report: &mut Re
         "virtual_mailbox_domains",
         "virtual_alias_domains",
     ];
+    // One postconf call for every domain: it is the same answer each time.
+    let relay_transport = postfix.param("relay_transport").unwrap_or_default();
     for domain in domains {
         let subject = format!("routing {domain}");
         let transport = postfix.transport_for(&domain).ok().flatten();
-        let relay_transport = postfix.param("relay_transport").unwrap_or_default();
         let in_relay = domain_listed(postfix, "relay_domains", &domain);
         let routed = match &transport {
             Some(t) => t.split(':').next() == Some(name),
@@ -240,9 +241,11 @@ fn check_routing(config: &Config, postfix: &Postfix, name: &str, report: &mut Re
                 &format!("add \"{domain} {name}:\" to the transport map and postmap it"),
             );
         }
-        if !accepted_in
-            .iter()
-            .any(|p| domain_listed(postfix, p, &domain))
+        // relay_domains (accepted_in[0]) was asked about above.
+        if !in_relay
+            && !accepted_in[1..]
+                .iter()
+                .any(|p| domain_listed(postfix, p, &domain))
         {
             report.error(
                 "postfix",
