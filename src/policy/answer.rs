@@ -29,17 +29,16 @@ pub struct Answer {
     pub action: String,
     /// A short word for why: `unknown-key`, `too-large`, `rate-limit`,
     /// `accepted`, `dedicated`, `other-domain`, `not-rcpt`, `malformed`, …
+    /// `untracked` when the rate tables are full (logged once by the
+    /// server).
     pub why: &'static str,
-    /// Set when the rate tables are full (logged once by the server).
-    pub untracked: bool,
 }
 
 impl Answer {
-    fn dunno(why: &'static str) -> Answer {
+    pub(crate) fn dunno(why: &'static str) -> Answer {
         Answer {
             action: DUNNO.to_string(),
             why,
-            untracked: false,
         }
     }
 
@@ -47,7 +46,6 @@ impl Answer {
         Answer {
             action: format!("{smtp_code} {}", status.report_line().unwrap_or_default()),
             why,
-            untracked: false,
         }
     }
 }
@@ -152,10 +150,7 @@ pub fn for_recipient(
     let bucket = format!("{route}/{}", key.as_str());
     match limiter.allow(&config.policy, sender, &bucket, now) {
         Outcome::Allowed => Answer::dunno("accepted"),
-        Outcome::Untracked => Answer {
-            untracked: true,
-            ..Answer::dunno("untracked")
-        },
+        Outcome::Untracked => Answer::dunno("untracked"),
         Outcome::Limited(which) => {
             let whose = match which {
                 Limited::SenderKey => "from this sender to this address",
@@ -166,7 +161,6 @@ pub fn for_recipient(
                 // 4xx makes the client keep the message and retry.
                 action: format!("450 4.7.1 mailpipe: too many messages {whose}; try again later"),
                 why: "rate-limit",
-                untracked: false,
             }
         }
     }

@@ -203,11 +203,7 @@ impl Shared {
         let now = Instant::now();
         let config = self.config.current(now);
         let Ok(config) = config.as_ref() else {
-            return Answer {
-                action: answer::DUNNO.into(),
-                why: "config",
-                untracked: false,
-            };
+            return Answer::dunno("config");
         };
         let a = answer::for_request(config, request, Some(&self.limiter), now);
         if a.why == "malformed" {
@@ -219,7 +215,7 @@ impl Shared {
                 ),
             );
         }
-        if a.untracked {
+        if a.why == "untracked" {
             log_once(
                 &LOGGED_UNTRACKED,
                 "rate tables full (policy.max_tracked): new sender/key pairs are not limited",
