@@ -500,28 +500,20 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
         }
     }
 
-    /// `--once`: what is still queued because of a failure.
+    /// `--once`: what is still queued because of a failure, counted by
+    /// `snapshot::count` (the one place that decides a message's state):
+    /// deferred messages, and those waiting behind a held route.
     pub(super) fn count_left(&mut self) {
         self.summary.left_counted = true;
         for r in &self.ctx.routes {
             let route = r.spool.route();
-            let Ok(entries) = r.spool.list(Folder::New) else {
-                continue;
-            };
-            let with_state = r.spool.names_with_state().unwrap_or_default();
-            let held = self.breakers.get(&route).is_some_and(Breaker::is_held);
-            for entry in entries {
-                let deferred = with_state.contains(&entry.name)
-                    && r.spool
-                        .read_state(&entry.name)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|s| s.attempts > 0);
-                if deferred {
-                    self.summary.left_deferred += 1;
-                } else if held {
-                    self.summary.left_held += 1;
-                }
+            let mut c = super::snapshot::RouteCounts::new(route, true);
+            // `new/` is counted first: an error in a later folder leaves
+            // its counts as they are, an unreadable `new/` leaves zero.
+            let _ = super::snapshot::count(&r.spool, &mut c, |_| {});
+            self.summary.left_deferred += c.deferred;
+            if self.breakers.get(&route).is_some_and(Breaker::is_held) {
+                self.summary.left_held += c.waiting;
             }
         }
     }
