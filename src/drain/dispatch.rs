@@ -274,7 +274,10 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                     continue;
                 }
             };
-            let with_state = route.spool.names_with_state().unwrap_or_default();
+            // state/ is listed only when a message is new to this drain:
+            // a steady queue is known from the last scan.
+            let mut with_state = None;
+            let mut first_seen = 0;
             for entry in entries {
                 let job = Job {
                     route: r,
@@ -285,26 +288,28 @@ impl<'c, 'a> Dispatcher<'c, 'a> {
                 }
                 let next = match self.next_attempt.get(&job) {
                     Some(&n) => n,
-                    None if with_state.contains(&job.name) => route
-                        .spool
-                        .read_state(&job.name)
-                        .ok()
-                        .flatten()
-                        .map_or(0, |s| s.next_attempt),
-                    None => 0,
+                    None => {
+                        first_seen += 1;
+                        let with_state = with_state.get_or_insert_with(|| {
+                            route.spool.names_with_state().unwrap_or_default()
+                        });
+                        if with_state.contains(&job.name) {
+                            route
+                                .spool
+                                .read_state(&job.name)
+                                .ok()
+                                .flatten()
+                                .map_or(0, |s| s.next_attempt)
+                        } else {
+                            0
+                        }
+                    }
                 };
                 known.insert(job.clone(), next);
                 if self.options.flush || next <= now {
                     found.push((entry.arrived, job));
                 }
             }
-        }
-        for route in &ctx.routes {
-            let r = route.spool.route();
-            let first_seen = known
-                .keys()
-                .filter(|j| j.route == r && !self.next_attempt.contains_key(*j))
-                .count();
             ctx.metrics.record_arrivals(r, first_seen);
         }
         // Forget messages that left new/ (delivered, failed, or taken by
