@@ -99,9 +99,11 @@ pub fn run(options: &Options) -> Report {
         .and_then(|s| s.user.clone())
         .or_else(|| options.user.clone())
         .unwrap_or_else(|| "mailpipe".to_string());
-    check_spool(&config, &user, &mut report);
+    // Looked up once (two id(1) runs) for the spool and trust steps.
+    let account = trust::Account::lookup(&user);
+    check_spool(&config, &user, account.as_ref(), &mut report);
     check_drain(&config, &mut report);
-    check_trust(&config, &options.config, &user, &mut report);
+    check_trust(&config, &options.config, account.as_ref(), &mut report);
     check_gitlab_url(&config, &mut report);
     check_smtputf8(&postfix, &mut report);
     check_logging(&postfix, &mut report);

@@ -12,16 +12,21 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::trust::Account;
+use super::trust::{Account, shown_path as show};
 use super::{Level, Report};
 use crate::config::{Config, Route};
 use crate::layout::{self, Dir, Folder, Kind};
-use crate::status::printable;
 
 /// The spool steps (below), as the spool's owner when run as
 /// root: root never works on the spool as root.
-pub(super) fn check_spool(config: &Config, user: &str, report: &mut Report) {
-    let Some(account) = Account::lookup(user) else {
+/// `account` is `user` looked up (`None`: no such user).
+pub(super) fn check_spool(
+    config: &Config,
+    user: &str,
+    account: Option<&Account>,
+    report: &mut Report,
+) {
+    let Some(account) = account else {
         report.error(
             "spool",
             "user",
@@ -30,7 +35,7 @@ pub(super) fn check_spool(config: &Config, user: &str, report: &mut Report) {
         );
         return;
     };
-    let steps = || check(config, &account);
+    let steps = || check(config, account);
     // A missing root is reported by the steps themselves (nothing to become).
     let result = if crate::layout::Dir::open_root(&config.spool.dir).is_err() {
         Ok(steps())
@@ -88,10 +93,6 @@ impl Out {
     fn error(&mut self, subject: &str, message: String, hint: String) {
         self.push("error", subject, message, hint);
     }
-}
-
-fn show(path: &Path) -> String {
-    printable(&path.to_string_lossy(), 300)
 }
 
 /// Runs every spool step for `config`, judged against `deliver`.

@@ -68,8 +68,13 @@ impl Account {
 /// drain then use), nor read or change a route's mail_room secret (which
 /// signs the drain's requests to GitLab). Mode bits and owners only, like
 /// the spool checks; path names are shown through `status::printable`.
-pub(super) fn check_trust(config: &Config, config_path: &Path, user: &str, report: &mut Report) {
-    let Some(account) = Account::lookup(user) else {
+pub(super) fn check_trust(
+    config: &Config,
+    config_path: &Path,
+    account: Option<&Account>,
+    report: &mut Report,
+) {
+    let Some(account) = account else {
         return; // check_spool has said that the user does not exist
     };
     let shown = shown_path(config_path);
@@ -109,7 +114,7 @@ pub(super) fn check_trust(config: &Config, config_path: &Path, user: &str, repor
             "check the path",
         ),
     }
-    check_folders(config_path, &account, &shown, report);
+    check_folders(config_path, account, &shown, report);
     if report.errors == errors_before {
         report.ok(
             "security",
@@ -159,7 +164,7 @@ pub(super) fn check_trust(config: &Config, config_path: &Path, user: &str, repor
                 &hint,
             );
         }
-        check_folders(secret, &account, &subject, report);
+        check_folders(secret, account, &subject, report);
         if report.errors == errors_before {
             report.ok(
                 "security",
@@ -222,7 +227,9 @@ fn check_folders(path: &Path, account: &Account, subject: &str, report: &mut Rep
 }
 
 /// A path as `check` prints it: through the one printable filter.
-fn shown_path(path: &Path) -> String {
+/// A path for a finding: printable, escaped, bounded (spool and trust
+/// steps alike).
+pub(super) fn shown_path(path: &Path) -> String {
     crate::status::printable(&path.display().to_string(), 300)
 }
 
